@@ -1,0 +1,33 @@
+"""Backends behind the one :class:`~sloguard_lib.engine.base.Engine` protocol, chosen by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import InputError
+from ..hardware import GpuProfile, ModelShape, has_gpu
+from .base import CRASH_CLASSES, Engine, EngineCrash, Server, ServerInfo
+from .sim import SimEngine
+
+EngineFactory = Callable[[ModelShape, GpuProfile], Engine]
+
+BACKENDS: dict[str, EngineFactory] = {
+    "sim": lambda model, gpu: SimEngine(model, gpu),
+}
+
+
+def default_backend() -> str:
+    """``vllm`` where a GPU and the vllm backend are present, else the embedded simulator."""
+    return "vllm" if "vllm" in BACKENDS and has_gpu() else "sim"
+
+
+def make_engine(backend: str, model: ModelShape, gpu: GpuProfile) -> Engine:
+    try:
+        factory = BACKENDS[backend]
+    except KeyError:
+        raise InputError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}") from None
+    return factory(model, gpu)
+
+
+__all__ = ["BACKENDS", "CRASH_CLASSES", "Engine", "EngineCrash", "Server", "ServerInfo", "default_backend",
+           "make_engine"]

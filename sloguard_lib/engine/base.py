@@ -1,0 +1,75 @@
+"""The one protocol every backend implements (``sim``, ``vllm``, ``replay``).
+
+``Engine.launch(config)`` starts a server for one trial's knobs (for ``vllm`` a real process, for ``sim``
+the memory model and start-up rules) and either returns a :class:`Server` or raises :class:`EngineCrash`
+carrying vLLM's own failure text. ``Server.run_load(workload)`` drives the workload and returns raw
+per-request results; metrics, SLOs and goodput are computed outside the backend, identically for all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from ..metrics import LoadResult
+from ..space import Config
+from ..workload import Workload
+
+#: Crash classes shared by every backend and by the log classifier.
+CRASH_CLASSES = (
+    "oom", "kv_insufficient", "cuda_error", "invalid_config", "startup_timeout",
+    "runtime_hang", "server_error", "killed", "unknown",
+)
+CrashPhase = Literal["startup", "load"]
+
+
+class EngineCrash(Exception):
+    """The server failed to start, or died/hung under load. ``elapsed_s`` is GPU time the failure cost."""
+
+    def __init__(
+        self, crash_class: str, message: str, *, elapsed_s: float, phase: CrashPhase = "startup",
+        log_excerpt: str = "",
+    ) -> None:
+        super().__init__(f"[{crash_class}] {message}")
+        assert crash_class in CRASH_CLASSES, crash_class
+        self.crash_class = crash_class
+        self.message = message
+        self.elapsed_s = elapsed_s
+        self.phase = phase
+        self.log_excerpt = log_excerpt or message
+
+
+@dataclass
+class ServerInfo:
+    backend: str
+    engine_version: str
+    gpu: str
+    model: str
+    start_s: float  # launch to ready; simulated seconds for ``sim``
+    kv_cache_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Server(Protocol):
+    info: ServerInfo
+
+    def run_load(self, workload: Workload) -> LoadResult: ...
+
+    def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """A backend. ``trial_seed`` makes measurement noise reproducible per trial."""
+
+    name: str
+
+    def launch(self, config: Config, *, trial_seed: int) -> Server: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def latency_floor_ms(self, workload: Workload) -> tuple[float, float]:
+        """(TTFT, ITL) lower bounds in ms that no config can beat; used to reject impossible SLOs."""
+        ...

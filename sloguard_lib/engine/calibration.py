@@ -1,0 +1,65 @@
+"""Every calibration constant of the simulator, in one place.
+
+Fitted to real vLLM 0.26.0 on one H100 80GB serving a dummy-weight Qwen2-1.5B (``../shared/gpu/README.md``,
+measured 2026-11-23; the points are :data:`H100_REFERENCE`). Physical constants (bandwidth, FLOP/s) live in
+:mod:`sloguard_lib.hardware`; these are the *efficiencies and overheads* that turn the roofline into the
+times vLLM actually shows. ``benchmarks/sim_calibration.py`` prints sim vs reference for every point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SimCalibration:
+    # --- memory model (GiB unless noted) ---
+    weight_overhead_gib: float = 0.10  # rotary caches, sampler buffers: vLLM logs 2.98 GiB vs 2.88 computed
+    act_token_factor: float = 1.0  # profile peak: mnbt x (2*intermediate + 4*hidden) x dtype bytes x this
+    logits_factor: float = 0.25  # + max_num_seqs x vocab x 4 B x this (sampler warm-up); 0.5 GiB total
+    cuda_graph_gib_per_layer: float = 0.008  # graph pools when CUDA graphs are on (0.22 GiB for 28 layers)
+    nontorch_gib: float = 0.0  # NCCL/cuBLAS workspaces outside torch's allocator
+    block_size: int = 16
+
+    # --- roofline efficiencies ---
+    compute_eff: float = 0.45  # fraction of dense peak reached by the linear layers
+    attn_compute_eff: float = 0.30  # FlashAttention prefill efficiency
+    bw_eff: float = 0.75  # fraction of HBM peak reached reading weights and KV
+    quantized_gemm_eff: float = 0.5  # int4 kernels (awq/gptq) relative to fp16 GEMM efficiency
+
+    # --- per-step host overheads (seconds) ---
+    step_overhead_s: float = 1.25e-3  # scheduler + launch of one full-CUDA-graph decode step
+    per_seq_overhead_s: float = 0.05e-3  # input prep + sampling + output processing per sequence
+    piecewise_per_layer_s: float = 0.01e-3  # attention runs outside graphs in mixed (prefill) steps
+    eager_per_layer_s: float = 0.15e-3  # Python + kernel launches per layer without CUDA graphs
+    max_capture_size: int = 512  # vLLM captures decode graphs up to min(2 x max_num_seqs, 512)
+
+    # --- API server (frontend) ---
+    request_overhead_s: float = 0.058  # HTTP + input processing + first-chunk streaming of one request
+
+    # --- noise ---
+    step_noise_sigma: float = 0.04  # log-normal sigma of per-step time
+    trial_noise_sigma: float = 0.02  # log-normal sigma shared by a whole trial (run-to-run variation)
+
+    # --- start-up timeline (seconds) ---
+    boot_s: float = 20.0  # imports, API server, engine-core process, config validation
+    validation_fail_s: float = 23.0  # argument/config validation errors surface here
+    load_s_per_gib: float = 0.5  # dummy weight init
+    profile_s: float = 2.0
+    compile_cold_s: float = 45.0  # torch.compile with an empty cache
+    compile_warm_s: float = 3.0  # compile cache hit
+    graph_capture_s: float = 5.0
+    kv_alloc_s: float = 1.0
+
+
+DEFAULT = SimCalibration()
+
+#: Real H100 figures (vLLM 0.26.0, dummy Qwen2-1.5B, gmu 0.5, max_model_len 2048, 512 in / 128 out,
+#: streaming, other knobs at vLLM defaults). ``None`` where the source gives no figure.
+H100_REFERENCE: tuple[dict[str, float | int | None], ...] = (
+    {"concurrency": 1, "ttft_p50_ms": 64.0, "itl_p50_ms": 2.55},
+    {"concurrency": 16, "ttft_p50_ms": 190.0, "itl_p50_ms": 3.5, "throughput_tok_s": 6100.0},
+    {"concurrency": 64, "ttft_p50_ms": 428.0, "ttft_p99_ms": 1386.0, "itl_p99_ms": 53.0,
+     "throughput_tok_s": 7300.0},
+)
+H100_KV_TOKENS = 1_343_504  # at gmu 0.5, max_model_len 2048, default mnbt 8192
