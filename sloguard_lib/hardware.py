@@ -225,6 +225,18 @@ class ModelShape:
         return d
 
 
+def kv_budget_tokens(model: ModelShape, gpu: GpuProfile, gpu_memory_utilization: float,
+                     quantization: str = "fp16") -> int:
+    """KV tokens a GPU can hold at a memory fraction, after weights and a minimal activation reserve.
+
+    A deliberately optimistic bound (the smallest activation profile vLLM can have): anything above it
+    cannot start under any other knob setting, so it is safe to cut from the search space.
+    """
+    reserve = 0.25 * GIB
+    free = gpu_memory_utilization * gpu.vram_gib * GIB - model.weight_bytes(quantization) - reserve
+    return max(0, int(free // model.kv_bytes_per_token()))
+
+
 def registry() -> dict[str, Path]:
     """Config-only model folders shipped with the package, by short name."""
     return {p.name: p for p in sorted(MODELS_DIR.iterdir()) if (p / "config.json").exists()}

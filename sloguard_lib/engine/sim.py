@@ -315,51 +315,49 @@ class _Simulation:
         next_req = 0
         in_flight = 0
 
-        def send(t: float) -> None:
+        slot_free_at = 0.0  # when a blocked client last got a concurrency slot back
+
+        def next_send_time() -> float:
+            return max(slot_free_at, 0.0 if wl.closed_loop else reqs[next_req].arrival_s)
+
+        def top_up(t: float) -> None:
+            """Send every request the client would have sent by time ``t``."""
             nonlocal next_req, in_flight
-            r = reqs[next_req]
-            next_req += 1
-            in_flight += 1
-            send_t = t if wl.closed_loop else max(t, r.arrival_s)
-            if r.prompt_len + r.output_len > mml:
-                results[r.index] = RequestResult(
-                    r.index, ok=False, prompt_tokens=r.prompt_len, http_status=400,
-                    error=f"This model's maximum context length is {mml} tokens. However, you requested "
-                          f"{r.prompt_len + r.output_len} tokens ({r.prompt_len} in the messages, "
-                          f"{r.output_len} in the completion). Please reduce the length of the messages or "
-                          "completion.",
-                    e2e_s=cal.request_overhead_s)
-                finish_client(send_t + cal.request_overhead_s)
-                return
-            seqs[r.index] = _Seq(r, send_t)
-            heapq.heappush(pending, (send_t + cal.request_overhead_s / 2, r.index))
+            while next_req < len(reqs) and in_flight < wl.concurrency and next_send_time() <= t:
+                r, send_t = reqs[next_req], next_send_time()
+                next_req += 1
+                if r.prompt_len + r.output_len > mml:  # vLLM answers 400 at once; no slot is held
+                    results[r.index] = RequestResult(
+                        r.index, ok=False, prompt_tokens=r.prompt_len, http_status=400, e2e_s=cal.request_overhead_s,
+                        error=f"This model's maximum context length is {mml} tokens. However, you requested "
+                              f"{r.prompt_len + r.output_len} tokens ({r.prompt_len} in the messages, "
+                              f"{r.output_len} in the completion). Please reduce the length of the messages or "
+                              "completion.")
+                    continue
+                in_flight += 1
+                seqs[r.index] = _Seq(r, send_t)
+                heapq.heappush(pending, (send_t + cal.request_overhead_s / 2, r.index))
 
         def finish_client(t: float) -> None:
-            nonlocal in_flight
+            nonlocal in_flight, slot_free_at
+            if in_flight == wl.concurrency:
+                slot_free_at = t
             in_flight -= 1
-            if next_req < len(reqs) and (wl.closed_loop or in_flight < wl.concurrency):
-                send(t)
+            top_up(t)
 
-        if wl.closed_loop:
-            for _ in range(min(wl.concurrency, len(reqs))):
-                send(0.0)
         now = 0.0
         waiting: list[_Seq] = []
         running: list[_Seq] = []
         while True:
-            # open-loop arrivals up to now (capped by concurrency)
-            while not wl.closed_loop and next_req < len(reqs) and in_flight < wl.concurrency and (
-                reqs[next_req].arrival_s <= now or (not pending and not waiting and not running)
-            ):
-                send(max(now, reqs[next_req].arrival_s))
+            top_up(now)
             while pending and pending[0][0] <= now:
                 waiting.append(seqs[heapq.heappop(pending)[1]])
             if not waiting and not running:
                 if pending:
                     now = pending[0][0]
                     continue
-                if next_req < len(reqs) and not wl.closed_loop:
-                    now = max(now, reqs[next_req].arrival_s)
+                if next_req < len(reqs) and in_flight < wl.concurrency:
+                    now = max(now, next_send_time())
                     continue
                 break
             if now > MAX_LOAD_S:

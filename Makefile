@@ -1,0 +1,28 @@
+# The two set-up commands of the README: `make tune` (install + a real study on the simulator)
+# and `make test` (install + the test suite). Both work on a fresh machine with Python >= 3.11.
+PY ?= python3
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: install tune test lint typecheck check bench
+
+install:
+	$(PIP) -e ".[dev]"
+
+tune: install
+	$(PY) -m sloguard_lib.cli tune --model Qwen/Qwen2-1.5B --gpu a100-40gb --optimizer tpe --budget 15 \
+		--slo-ttft-p99 500 --slo-itl-p99 100 --seed 42 --out results/quickstart --resume
+
+test: install
+	$(PY) -m pytest -q
+
+lint:
+	$(PY) -m ruff check sloguard_lib tests benchmarks
+
+typecheck:
+	$(PY) -m mypy
+
+check: lint typecheck test
+
+bench: install
+	$(PY) benchmarks/sim_speed.py
+	$(PY) benchmarks/sim_calibration.py

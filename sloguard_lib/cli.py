@@ -1,0 +1,192 @@
+"""``sloguard`` command line: ``tune`` a study, ``bench`` one config, show the ``space``.
+
+Every user mistake surfaces as ``error: <what> ...`` on stderr with exit code 2 (argparse's own
+convention), never as a traceback; a config that crashes the engine under ``bench`` exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .engine import BACKENDS, default_backend, make_engine
+from .errors import InputError
+from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
+from .optimizers import OPTIMIZERS
+from .runner import StudyResult, StudySpec, default_space, evaluate, log_path_for, run_study, trial_seed
+from .slo import SLO
+from .space import SearchSpace, load_space_file, parse_range_override
+from .workload import parse_workload
+
+EXIT_INPUT = 2
+EXIT_CRASH = 1
+KNOB_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len")
+BOOL_KNOBS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
+
+
+def _default_gpu() -> str:
+    profile = detect_gpu_profile()
+    return profile.name if profile else "a100-40gb"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="qwen2-1.5b",
+                   help="registry name (qwen2-1.5b, ...), hub-style id (Qwen/Qwen2-1.5B) or a config-only folder")
+    p.add_argument("--gpu", default=None, choices=sorted(GPUS), help="GPU profile (default: detected, else a100-40gb)")
+    p.add_argument("--backend", default=None, choices=sorted(BACKENDS),
+                   help="engine backend (default: vllm on a GPU machine, else sim)")
+    p.add_argument("--workload", default="", help="e.g. concurrency=16,input_len=512,output_len=128,num_requests=64")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--slo-ttft-p99", type=float, default=500.0, help="TTFT p99 SLO in ms")
+    p.add_argument("--slo-itl-p99", type=float, default=100.0, help="ITL p99 SLO in ms")
+    p.add_argument("--slo-e2e-p99", type=float, default=None, help="optional E2E p99 SLO in ms")
+    p.add_argument("--slo-tpot-p99", type=float, default=None, help="optional TPOT p99 SLO in ms")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sloguard", description="Crash-aware autotuning of vLLM serving knobs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tune = sub.add_parser("tune", help="run (or --resume) a tuning study")
+    _common(tune)
+    tune.add_argument("--optimizer", default="tpe", choices=sorted(OPTIMIZERS))
+    tune.add_argument("--budget", type=int, default=15, help="number of trials")
+    tune.add_argument("--out", default="results/runs", help="directory for the trial log")
+    tune.add_argument("--resume", action="store_true", help="continue the study's existing log")
+    tune.add_argument("--space", default=None, help="YAML file of knob overrides ({knob: {low:, high:}})")
+    tune.add_argument("--range", action="append", default=[], metavar="KNOB=LO:HI|KNOB=A,B",
+                      help="override one knob's range or choices (repeatable)")
+    tune.add_argument("--quantization-choices", default=None, help="comma list, e.g. fp16,fp8")
+    tune.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    bench = sub.add_parser("bench", help="evaluate ONE config with a workload and print its metrics")
+    _common(bench)
+    for knob in KNOB_FLAGS:
+        bench.add_argument("--" + knob.replace("_", "-"), type=float if "utilization" in knob else int, default=None)
+    for knob in BOOL_KNOBS:
+        bench.add_argument("--" + knob.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None)
+    bench.add_argument("--quantization", default=None)
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+
+    space = sub.add_parser("space", help="print the search space for a model and GPU")
+    space.add_argument("--model", default="qwen2-1.5b")
+    space.add_argument("--gpu", default=None, choices=sorted(GPUS))
+    return parser
+
+
+def _slo(args: argparse.Namespace) -> SLO:
+    return SLO(args.slo_ttft_p99, args.slo_itl_p99, args.slo_e2e_p99, args.slo_tpot_p99)
+
+
+def _space(args: argparse.Namespace, gpu: str) -> SearchSpace:
+    space = default_space(args.model, gpu)
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.space:
+        overrides |= load_space_file(args.space)
+    for text in args.range:
+        name, change = parse_range_override(text)
+        overrides[name] = overrides.get(name, {}) | change
+    if args.quantization_choices:
+        overrides["quantization"] = {"choices": [c.strip() for c in args.quantization_choices.split(",")]}
+    return space.with_overrides(overrides)
+
+
+def cmd_tune(args: argparse.Namespace, console: Console) -> int:
+    gpu = args.gpu or _default_gpu()
+    backend = args.backend or default_backend()
+    spec = StudySpec(model=args.model, gpu=gpu, optimizer=args.optimizer, seed=args.seed, budget=args.budget,
+                     backend=backend, slo=_slo(args), workload=parse_workload(args.workload),
+                     space=_space(args, gpu))
+    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu))
+    spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
+    console.print(f"[bold]SLO-Guard[/] {spec.optimizer} on {backend}: {spec.model} / {gpu}, "
+                  f"{spec.workload.describe()}, SLO TTFT p99 {spec.slo.ttft_p99_ms:g} ms / ITL p99 "
+                  f"{spec.slo.itl_p99_ms:g} ms, budget {spec.budget}")
+    console.print(f"log: {log_path_for(args.out, spec)}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=args.quiet) as progress:
+        task = progress.add_task("trials", total=spec.budget)
+
+        def on_trial(rec: dict[str, Any]) -> None:
+            good = rec["metrics"].get("goodput_tok_s")
+            detail = rec["crash_class"] if rec["status"] == "crash" else f"goodput {good or 0:,.0f} tok/s"
+            progress.update(task, advance=1, description=f"trial {rec['trial']:>3}: {rec['status']} ({detail})")
+
+        result = run_study(spec, args.out, resume=args.resume, engine=engine,
+                           on_trial=on_trial if not args.quiet else None)
+        progress.update(task, completed=len(result.trials))
+    _print_summary(result, console)
+    return 0
+
+
+def _print_summary(result: StudyResult, console: Console) -> None:
+    counts = result.counts()
+    table = Table(title="study summary", show_header=False)
+    table.add_row("trials", str(len(result.trials)) + (f" ({result.resumed_from} replayed)" if result.resumed_from else ""))
+    table.add_row("feasible / SLO miss / crash / error",
+                  f"{counts['ok']} / {counts['slo_violation']} / {counts['crash']} / {counts['error']}")
+    table.add_row("crash waste", f"{100 * result.crash_waste:.1f} % of GPU-seconds")
+    best = result.best
+    if best is None:
+        table.add_row("best config", "none met the SLO")
+    else:
+        m = best["metrics"]
+        table.add_row("best trial", str(best["trial"]))
+        table.add_row("best config", json.dumps(best["config"]))
+        table.add_row("goodput", f"{m['goodput_tok_s']:,.0f} tok/s ({m['goodput_req_s']:.2f} req/s)")
+        table.add_row("TTFT p50 / p99", f"{m['ttft_p50_ms']:.1f} / {m['ttft_p99_ms']:.1f} ms")
+        table.add_row("ITL p50 / p99", f"{m['itl_p50_ms']:.2f} / {m['itl_p99_ms']:.2f} ms")
+        table.add_row("throughput", f"{m['throughput_tok_s']:,.0f} tok/s")
+    table.add_row("log", str(result.log_path))
+    console.print(table)
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    gpu = args.gpu or _default_gpu()
+    backend = args.backend or default_backend()
+    config: dict[str, Any] = {k: getattr(args, k) for k in (*KNOB_FLAGS, *BOOL_KNOBS, "quantization")
+                              if getattr(args, k) is not None}
+    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu))
+    workload = parse_workload(args.workload)
+    rec = evaluate(engine, config, workload, _slo(args), trial_seed(args.seed, 0))
+    rec |= {"backend": backend, "gpu": gpu, "model": args.model, "workload": workload.to_dict()}
+    if args.json:
+        print(json.dumps(rec, default=str, indent=2))
+    else:
+        console.print_json(json.dumps(rec, default=str))
+    return EXIT_CRASH if rec["status"] == "crash" else 0
+
+
+def cmd_space(args: argparse.Namespace, console: Console) -> int:
+    space = default_space(args.model, args.gpu or _default_gpu())
+    table = Table("knob", "type", "range / choices", "active when")
+    for k in space.knobs:
+        rng = f"{list(k.choices)}" if k.kind == "categorical" else (
+            "true / false" if k.kind == "bool" else f"{k.low} – {k.high}{' (log)' if k.log else ''}")
+        table.add_row(k.name, k.kind, rng, f"{k.active_if[0]} = {k.active_if[1]}" if k.active_if else "always")
+    console.print(table)
+    for note in space.notes:
+        console.print(f"note: {note}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=args.command == "bench")
+    try:
+        return {"tune": cmd_tune, "bench": cmd_bench, "space": cmd_space}[args.command](args, console)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

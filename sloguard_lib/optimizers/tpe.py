@@ -1,0 +1,90 @@
+"""Optuna TPE, cold start and crash-blind: the baseline an Optuna user gets out of the box.
+
+Crashes are told as ``TrialState.FAIL`` (TPE then ignores them), SLO misses as their penalised utility.
+The conditional knob is handled by define-by-run suggestion plus TPE's ``group`` decomposition. The
+sampler is re-seeded from (seed, trial number) before every ask, so the next proposal is a function of the
+told history alone and a replayed (resumed) study continues exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from ..space import Config, Knob, SearchSpace
+from .base import Outcome, Proposal
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def distribution(knob: Knob) -> BaseDistribution:
+    if knob.kind == "bool":
+        return CategoricalDistribution((False, True))
+    if knob.kind == "categorical":
+        return CategoricalDistribution(knob.choices)
+    assert knob.low is not None and knob.high is not None
+    if knob.kind == "int":
+        return IntDistribution(int(knob.low), int(knob.high), log=knob.log)
+    return FloatDistribution(float(knob.low), float(knob.high), log=knob.log, step=None if knob.log else knob.step)
+
+
+class TPE:
+    name = "tpe"
+
+    def __init__(self, space: SearchSpace, seed: int, *, n_startup_trials: int = 5) -> None:
+        self.space, self.seed, self.n_startup_trials = space, seed, n_startup_trials
+        self.study = optuna.create_study(direction="maximize", sampler=self._sampler(0))
+        self.dists = {k.name: distribution(k) for k in space.knobs}
+        self._pending: dict[str, optuna.trial.Trial] = {}
+
+    def _sampler(self, n: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=self.seed * 100_003 + n, n_startup_trials=self.n_startup_trials,
+                                          multivariate=True, group=True)
+
+    def ask(self) -> Proposal:
+        self.study.sampler = self._sampler(len(self.study.trials))
+        trial = self.study.ask()
+        params: Config = {}
+        for k in self.space.knobs:
+            if self.space.is_active(k, params):
+                params[k.name] = _suggest(trial, k)
+        self._pending[_key(params)] = trial
+        phase = "startup" if len(self.study.trials) <= self.n_startup_trials else "tpe"
+        return Proposal(params, phase=phase)
+
+    def tell(self, params: Config, outcome: Outcome) -> None:
+        trial = self._pending.pop(_key(params), None)
+        state = TrialState.FAIL if outcome.failed else TrialState.COMPLETE
+        value = None if outcome.failed else outcome.utility
+        if trial is not None:
+            self.study.tell(trial, value, state=state)
+            return
+        # replayed from a log: add it as a finished trial with the same distributions
+        self.study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={n: self.dists[n] for n in params}, value=value, state=state))
+
+
+def _suggest(trial: optuna.trial.Trial, knob: Knob) -> object:
+    if knob.kind == "bool":
+        return trial.suggest_categorical(knob.name, (False, True))
+    if knob.kind == "categorical":
+        return trial.suggest_categorical(knob.name, knob.choices)
+    assert knob.low is not None and knob.high is not None
+    if knob.kind == "int":
+        return trial.suggest_int(knob.name, int(knob.low), int(knob.high), log=knob.log)
+    step = None if knob.log else knob.step
+    value = trial.suggest_float(knob.name, float(knob.low), float(knob.high), log=knob.log, step=step)
+    return knob.cast(value)  # Optuna's stepped floats carry binary noise (0.6599999999999999)
+
+
+def _key(params: Config) -> str:
+    return repr(sorted(params.items()))

@@ -1,0 +1,207 @@
+"""The tuning loop: ask -> launch -> load -> metrics -> SLO -> log (fsync) -> tell, with exact resume.
+
+Resume replays every logged trial into a fresh optimizer (``tell`` only) and continues from the next
+trial number. Because the log is written before ``tell`` and optimizers are history-deterministic, a study
+killed at any instant and resumed produces the same trials as one that was never interrupted: none lost,
+none repeated.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .engine import Engine, EngineCrash, make_engine
+from .errors import InputError
+from .hardware import get_gpu, kv_budget_tokens, resolve_model
+from .metrics import summarize
+from .optimizers import Optimizer, Outcome, make_optimizer
+from .slo import SLO
+from .space import Config, SearchSpace, build_serving_space
+from .trial_log import TrialLog, git_commit, read_log
+from .workload import Workload
+
+#: header fields that must match for ``--resume`` to continue a log (budget may grow).
+RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space")
+
+
+@dataclass
+class StudySpec:
+    model: str
+    gpu: str
+    optimizer: str
+    seed: int = 42
+    budget: int = 15
+    backend: str = "sim"
+    slo: SLO = field(default_factory=SLO)
+    workload: Workload = field(default_factory=Workload)
+    space: SearchSpace | None = None  # None: the default space, capped for this model and GPU
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise InputError(f"budget must be >= 1 trial, got {self.budget}")
+        if self.space is None:
+            self.space = default_space(self.model, self.gpu)
+
+    @property
+    def study_id(self) -> str:
+        return f"{Path(self.model).name.lower()}_{self.gpu}_{self.backend}_{self.optimizer}_seed{self.seed}"
+
+    def header(self) -> dict[str, Any]:
+        assert self.space is not None
+        return {
+            "study_id": self.study_id, "optimizer": self.optimizer, "seed": self.seed, "budget": self.budget,
+            "model": self.model, "gpu": self.gpu, "backend": self.backend, "slo": self.slo.to_dict(),
+            "workload": self.workload.to_dict(), "space": self.space.to_dict(),
+            "sloguard_version": __version__, "git_commit": git_commit(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+
+def default_space(model: str, gpu: str) -> SearchSpace:
+    shape, profile = resolve_model(model), get_gpu(gpu)
+    cap = min(shape.max_position_embeddings, kv_budget_tokens(shape, profile, 0.95))
+    return build_serving_space(max_model_len_cap=cap)
+
+
+def trial_seed(seed: int, trial: int) -> int:
+    return seed * 1_000_003 + trial
+
+
+def evaluate(engine: Engine, config: Config, workload: Workload, slo: SLO, seed: int) -> dict[str, Any]:
+    """Launch one server, load it, and judge it: the part of a trial that touches the backend."""
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"config": config, "crash_class": None, "crash_message": None, "metrics": {},
+                           "utility": None, "violated": []}
+    try:
+        server = engine.launch(config, trial_seed=seed)
+    except EngineCrash as crash:
+        return rec | _crash_fields(crash) | {"engine_start_s": crash.elapsed_s, "gpu_seconds": crash.elapsed_s,
+                                             "wall_s": time.perf_counter() - t0}
+    info = server.info
+    rec |= {"engine_start_s": info.start_s, "engine_version": info.engine_version,
+            "kv_cache_tokens": info.kv_cache_tokens, "engine_info": info.extra}
+    try:
+        load = server.run_load(workload)
+    except EngineCrash as crash:
+        return rec | _crash_fields(crash) | {"gpu_seconds": info.start_s + crash.elapsed_s,
+                                             "wall_s": time.perf_counter() - t0}
+    except Exception as e:  # a harness failure: record it, keep the study alive
+        return rec | {"status": "error", "crash_message": f"{type(e).__name__}: {e}",
+                      "gpu_seconds": info.start_s, "wall_s": time.perf_counter() - t0}
+    finally:
+        server.close()
+    metrics = summarize(load)
+    verdict = slo.evaluate(load, metrics)
+    metrics |= {"goodput_tok_s": verdict.goodput_tok_s, "goodput_req_s": verdict.goodput_req_s,
+                "slo_attainment": verdict.attainment}
+    return rec | {
+        "status": "ok" if verdict.feasible else "slo_violation", "metrics": metrics, "utility": verdict.utility,
+        "violated": verdict.violated, "load_s": load.duration_s, "gpu_seconds": info.start_s + load.duration_s,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _crash_fields(crash: EngineCrash) -> dict[str, Any]:
+    return {"status": "crash", "crash_class": crash.crash_class, "crash_phase": crash.phase,
+            "crash_message": crash.message, "log_excerpt": crash.log_excerpt}
+
+
+def outcome_of(record: Mapping[str, Any]) -> Outcome:
+    return Outcome(status=record["status"], utility=record.get("utility"), crash_class=record.get("crash_class"),
+                   metrics=record.get("metrics"))
+
+
+@dataclass
+class StudyResult:
+    log_path: Path
+    header: dict[str, Any]
+    trials: list[dict[str, Any]]
+    resumed_from: int = 0
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        feasible = [t for t in self.trials if t["status"] == "ok"]
+        return max(feasible, key=lambda t: t["utility"]) if feasible else None
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("ok", "slo_violation", "crash", "error")}
+        for t in self.trials:
+            out[t["status"]] += 1
+        return out
+
+    @property
+    def crash_waste(self) -> float:
+        """Fraction of the study's GPU-seconds spent on crashed trials."""
+        total = sum(t.get("gpu_seconds") or 0.0 for t in self.trials)
+        crashed = sum(t.get("gpu_seconds") or 0.0 for t in self.trials if t["status"] == "crash")
+        return crashed / total if total else 0.0
+
+
+def log_path_for(out_dir: str | Path, spec: StudySpec) -> Path:
+    return Path(out_dir) / f"{spec.study_id}.jsonl"
+
+
+def run_study(
+    spec: StudySpec, out_dir: str | Path, *, resume: bool = False, engine: Engine | None = None,
+    on_trial: Callable[[dict[str, Any]], None] | None = None,
+) -> StudyResult:
+    path = log_path_for(out_dir, spec)
+    header = spec.header()
+    optimizer = make_optimizer(spec.optimizer, spec.space, spec.seed)  # type: ignore[arg-type]
+    done: list[dict[str, Any]] = []
+    if path.exists() and path.stat().st_size > 0:
+        if not resume:
+            raise InputError(f"trial log {str(path)!r} already exists: pass --resume to continue it, "
+                             "or choose another --out")
+        done = _replay(path, header, optimizer)
+    log = TrialLog(path, header)
+    engine = engine or make_engine(spec.backend, resolve_model(spec.model), get_gpu(spec.gpu))
+    assert spec.space is not None
+    trials = list(done)
+    for n in range(len(done), spec.budget):
+        proposal = optimizer.ask()
+        config = spec.space.finalize(proposal.params)
+        rec = evaluate(engine, config, spec.workload, spec.slo, trial_seed(spec.seed, n))
+        rec = {"study_id": spec.study_id, "trial": n, "seed": spec.seed, "optimizer": spec.optimizer,
+               "phase": proposal.phase, "params": proposal.params, **rec, "backend": spec.backend,
+               "engine_version": rec.get("engine_version") or engine.describe()["engine_version"],
+               "gpu": spec.gpu, "model": spec.model, "git_commit": header["git_commit"],
+               "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+        log.append_trial(rec)  # durable before the optimizer learns of it
+        optimizer.tell(proposal.params, outcome_of(rec))
+        trials.append(rec)
+        if on_trial:
+            on_trial(rec)
+    return StudyResult(path, header, trials, resumed_from=len(done))
+
+
+def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> list[dict[str, Any]]:
+    contents = read_log(path)
+    for key in RESUME_KEYS:
+        if _norm(contents.header.get(key)) != _norm(header.get(key)):
+            raise InputError(f"cannot resume {str(path)!r}: its {key} is {contents.header.get(key)!r}, "
+                             f"this run asks for {header.get(key)!r}")
+    for i, rec in enumerate(contents.trials):
+        if rec.get("trial") != i:
+            raise InputError(f"cannot resume {str(path)!r}: record {i} is trial {rec.get('trial')!r}; "
+                             "the log has a gap or a duplicate")
+        optimizer.tell(rec["params"], outcome_of(rec))
+    return contents.trials
+
+
+def _norm(value: Any) -> Any:
+    """Compare header values as they round-trip through JSON (tuples become lists, inf becomes null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _norm(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_norm(v) for v in value]
+    return value

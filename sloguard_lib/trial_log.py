@@ -1,0 +1,126 @@
+"""Durable JSONL trial log: the study's single source of truth.
+
+Line 1 is a ``study`` header (optimizer, seed, space, SLO, workload, model, GPU, backend); every further
+line is one ``trial`` record, appended with flush + fsync *before* the optimizer is told, so a kill at any
+instant loses at most the trial in flight, which resume then re-runs. A torn last line (the process died
+mid-write) is reported and ignored when reading, and moved aside to ``<log>.torn`` before appending, so
+no byte already written is ever discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "slo_violation", "crash", "error")
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN/inf: store them as null so every line is strict JSON for any reader."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _clean(obj.item())
+    return obj
+
+
+@dataclass
+class LogContents:
+    header: dict[str, Any]
+    trials: list[dict[str, Any]]
+    torn_tail: bytes  # bytes after the last complete line (a write cut short), empty if none
+
+
+def read_log(path: str | Path) -> LogContents:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"trial log {str(p)!r} does not exist") from None
+    end = data.rfind(b"\n") + 1
+    body, tail = data[:end], data[end:]
+    records: list[dict[str, Any]] = []
+    for lineno, line in enumerate(body.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputError(f"trial log {str(p)!r} line {lineno} is not valid JSON ({e.msg}); "
+                             "the log is corrupt beyond a torn last line") from None
+    if tail.strip():
+        try:  # a complete record that merely lacks its newline is still a record
+            records.append(json.loads(tail))
+            tail = b""
+        except json.JSONDecodeError:
+            pass
+    if not records or records[0].get("kind") != "study":
+        raise InputError(f"trial log {str(p)!r} has no study header on its first line")
+    trials = [r for r in records[1:] if r.get("kind") == "trial"]
+    return LogContents(records[0], trials, tail)
+
+
+class TrialLog:
+    """Append-only writer. Opening an existing log repairs a torn tail (saved to ``.torn``) first."""
+
+    def __init__(self, path: str | Path, header: Mapping[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._repair_tail()
+        elif header is None:
+            raise InputError(f"trial log {str(self.path)!r} does not exist and no study header was given")
+        else:
+            self._append({"kind": "study", "schema": SCHEMA_VERSION, **header})
+
+    def _repair_tail(self) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        tail = data[end:]
+        if not tail:
+            return
+        try:
+            json.loads(tail)
+        except json.JSONDecodeError:
+            with open(self.path.with_suffix(self.path.suffix + ".torn"), "ab") as f:
+                f.write(tail + b"\n")
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+        else:
+            with open(self.path, "ab") as f:
+                f.write(b"\n")
+                os.fsync(f.fileno())
+
+    def append_trial(self, record: Mapping[str, Any]) -> None:
+        self._append({"kind": "trial", **record})
+
+    def _append(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(_clean(record), sort_keys=False, separators=(",", ":")) + "\n"
+        with open(self.path, "ab") as f:
+            f.write(line.encode())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def git_commit() -> str | None:
+    """The code version that produced a record, when running from a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
