@@ -129,7 +129,8 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
 def _print_summary(result: StudyResult, console: Console) -> None:
     counts = result.counts()
     table = Table(title="study summary", show_header=False)
-    table.add_row("trials", str(len(result.trials)) + (f" ({result.resumed_from} replayed)" if result.resumed_from else ""))
+    replayed = f" ({result.resumed_from} replayed)" if result.resumed_from else ""
+    table.add_row("trials", f"{len(result.trials)}{replayed}")
     table.add_row("feasible / SLO miss / crash / error",
                   f"{counts['ok']} / {counts['slo_violation']} / {counts['crash']} / {counts['error']}")
     table.add_row("crash waste", f"{100 * result.crash_waste:.1f} % of GPU-seconds")

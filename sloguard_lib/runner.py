@@ -164,7 +164,6 @@ def run_study(
     log = TrialLog(path, header)
     engine = engine or make_engine(spec.backend, resolve_model(spec.model), get_gpu(spec.gpu))
     assert spec.space is not None
-    trials = list(done)
     for n in range(len(done), spec.budget):
         proposal = optimizer.ask()
         config = spec.space.finalize(proposal.params)
@@ -176,10 +175,10 @@ def run_study(
                "finished": datetime.now(UTC).isoformat(timespec="seconds")}
         log.append_trial(rec)  # durable before the optimizer learns of it
         optimizer.tell(proposal.params, outcome_of(rec))
-        trials.append(rec)
         if on_trial:
             on_trial(rec)
-    return StudyResult(path, header, trials, resumed_from=len(done))
+    contents = read_log(path)  # the log, not memory, is the study's record
+    return StudyResult(path, contents.header, contents.trials, resumed_from=len(done))
 
 
 def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ class Knob:
     step: float | None = None
     choices: tuple[Any, ...] = ()
     active_if: tuple[str, Any] | None = None
-    help: str = ""
+    help: str = field(default="", compare=False)  # documentation only, not serialised
 
     def check(self) -> None:
         if self.kind in ("int", "float"):
@@ -113,7 +113,7 @@ class Knob:
             log=bool(d.get("log", False)),
             step=d.get("step"),
             choices=tuple(d.get("choices", ())),
-            active_if=tuple(d["active_if"]) if d.get("active_if") else None,  # type: ignore[arg-type]
+            active_if=(d["active_if"][0], d["active_if"][1]) if d.get("active_if") else None,
         )
 
 
@@ -164,8 +164,9 @@ class SearchSpace:
             if active and k.name not in params:
                 raise InputError(f"knob {k.name!r} is active but has no value")
             if not active and k.name in params:
-                raise InputError(f"knob {k.name!r} is set but inactive (needs {k.active_if[0]}={k.active_if[1]})"  # type: ignore[index]
-                                 )
+                assert k.active_if is not None
+                parent, value = k.active_if
+                raise InputError(f"knob {k.name!r} is set but inactive (needs {parent}={value})")
             if active and not k.contains(params[k.name]):
                 raise InputError(f"knob {k.name!r}: value {params[k.name]!r} outside {_describe(k)}")
 

@@ -96,7 +96,8 @@ class Workload:
         else:
             s = self.len_spread
             vals = rng.lognormal(math.log(mean) - s * s / 2, s, size=n)
-        return np.maximum(np.rint(vals), minimum).astype(int)
+        out: np.ndarray = np.maximum(np.rint(vals), minimum).astype(int)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

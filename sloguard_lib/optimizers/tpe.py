@@ -23,7 +23,6 @@ from ..space import Config, Knob, SearchSpace
 from .base import Outcome, Proposal
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def distribution(knob: Knob) -> BaseDistribution:
@@ -47,8 +46,10 @@ class TPE:
         self._pending: dict[str, optuna.trial.Trial] = {}
 
     def _sampler(self, n: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=self.seed * 100_003 + n, n_startup_trials=self.n_startup_trials,
-                                          multivariate=True, group=True)
+        with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=self.seed * 100_003 + n, n_startup_trials=self.n_startup_trials,
+                                              multivariate=True, group=True)
 
     def ask(self) -> Proposal:
         self.study.sampler = self._sampler(len(self.study.trials))

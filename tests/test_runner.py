@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sloguard_lib.errors import InputError
+from sloguard_lib.runner import StudySpec, log_path_for, run_study
+from sloguard_lib.slo import SLO
+from sloguard_lib.trial_log import read_log
+from sloguard_lib.workload import Workload
+
+#: fields that legitimately differ between runs: wall-clock, and start times that depend on whether this
+#: process already warmed the (simulated) compile cache
+VOLATILE = {"wall_s", "finished", "engine_start_s", "gpu_seconds"}
+
+
+def stable(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in t.items() if k not in VOLATILE} for t in trials]
+
+
+def spec(optimizer: str = "tpe", budget: int = 8, slo: SLO | None = None, num_requests: int = 64) -> StudySpec:
+    return StudySpec(model="qwen2-1.5b", gpu="a100-40gb", optimizer=optimizer, seed=3, budget=budget,
+                     slo=slo or SLO(500, 100), workload=Workload(concurrency=16, num_requests=num_requests))
+
+
+@pytest.mark.parametrize("optimizer", ["random", "tpe"])
+def test_resume_continues_exactly(tmp_path: Path, optimizer: str) -> None:
+    full = run_study(spec(optimizer), tmp_path / "full")
+    run_study(spec(optimizer, budget=3), tmp_path / "part")
+    resumed = run_study(spec(optimizer), tmp_path / "part", resume=True)
+    assert resumed.resumed_from == 3
+    assert stable(resumed.trials) == stable(full.trials)
+    assert [t["trial"] for t in read_log(resumed.log_path).trials] == list(range(8))
+    assert full.counts()["ok"] >= 1 and full.best is not None
+
+
+def test_existing_log_needs_resume_and_matching_header(tmp_path: Path) -> None:
+    run_study(spec(budget=2), tmp_path)
+    with pytest.raises(InputError, match="already exists: pass --resume"):
+        run_study(spec(budget=2), tmp_path)
+    with pytest.raises(InputError, match="its slo is"):
+        run_study(spec(budget=3, slo=SLO(400, 100)), tmp_path, resume=True)
+
+
+def test_crashes_are_logged_with_vllm_message(tmp_path: Path) -> None:
+    s = StudySpec(model="llama-3.1-8b", gpu="l4-24gb", optimizer="random", seed=1, budget=10,
+                  workload=Workload(concurrency=8, num_requests=32))
+    result = run_study(s, tmp_path)
+    crashes = [t for t in result.trials if t["status"] == "crash"]
+    assert crashes, "the L4/8B space must contain crashing configs"
+    for t in crashes:
+        assert t["utility"] is None and t["crash_class"] == "kv_insufficient"
+        assert "memory" in t["crash_message"].lower()
+        assert t["gpu_seconds"] > 20
+    assert 0 < result.crash_waste < 1
+
+
+def _tune_cmd(out: Path, budget: int, num_requests: int = 64) -> list[str]:
+    return [sys.executable, "-m", "sloguard_lib.cli", "tune", "--model", "qwen2-1.5b", "--gpu", "a100-40gb",
+            "--optimizer", "tpe", "--budget", str(budget), "--seed", "3", "--quiet", "--resume",
+            "--workload", f"concurrency=16,num_requests={num_requests}", "--out", str(out)]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    budget, n = 15, 600  # ~0.2 s per trial, so kills land between and inside trials
+    reference = run_study(spec(budget=budget, num_requests=n), tmp_path / "ref")
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(40):
+        proc = subprocess.Popen(_tune_cmd(out, budget, n), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(0.5, 1.2))
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+        break
+    else:
+        pytest.fail("the study never finished")
+    assert kills >= 2, "the test must actually interrupt the study"
+    trials = read_log(log_path_for(out, spec(budget=budget, num_requests=n))).trials
+    assert [t["trial"] for t in trials] == list(range(budget))
+    assert stable(trials) == stable(json.loads(json.dumps(reference.trials, default=str)))
+
+
+def test_cli_resume_after_torn_write(tmp_path: Path) -> None:
+    budget = 4
+    subprocess.run(_tune_cmd(tmp_path, 2), check=True, capture_output=True)
+    log = log_path_for(tmp_path, spec(budget=budget))
+    with open(log, "ab") as f:
+        f.write(b'{"kind":"trial","trial":2,"sta')
+    time.sleep(0.01)
+    subprocess.run(_tune_cmd(tmp_path, budget), check=True, capture_output=True)
+    assert [t["trial"] for t in read_log(log).trials] == [0, 1, 2, 3]
+    assert log.with_suffix(".jsonl.torn").exists()

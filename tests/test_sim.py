@@ -1,0 +1,126 @@
+"""The simulator against real vLLM 0.26.0 H100 figures, and its mechanisms one at a time."""
+
+from __future__ import annotations
+
+import pytest
+
+from sloguard_lib.engine import EngineCrash
+from sloguard_lib.engine.calibration import H100_KV_TOKENS
+from sloguard_lib.engine.sim import SimEngine
+from sloguard_lib.hardware import get_gpu, resolve_model
+from sloguard_lib.metrics import summarize
+from sloguard_lib.workload import Workload
+
+REF_CONFIG = {"gpu_memory_utilization": 0.5, "max_model_len": 2048}
+
+
+def run(engine: SimEngine, config: dict, workload: Workload, seed: int = 1) -> dict[str, float]:  # type: ignore[type-arg]
+    return summarize(engine.launch(config, trial_seed=seed).run_load(workload))
+
+
+def test_kv_cache_size_matches_real_h100(h100_qwen: SimEngine) -> None:
+    server = h100_qwen.launch(REF_CONFIG, trial_seed=0)
+    assert server.info.kv_cache_tokens == pytest.approx(H100_KV_TOKENS, rel=0.005)
+    assert server.info.extra["weights_gib"] == pytest.approx(2.98, abs=0.05)
+    assert server.info.extra["activation_gib"] == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize(("concurrency", "metric", "real"), [
+    (1, "ttft_p50_ms", 64.0), (1, "itl_p50_ms", 2.55),
+    (16, "itl_p50_ms", 3.5),
+    (64, "itl_p99_ms", 53.0), (64, "throughput_tok_s", 7300.0),
+])
+def test_latency_matches_real_h100(h100_qwen: SimEngine, concurrency: int, metric: str, real: float) -> None:
+    wl = Workload(concurrency=concurrency, num_requests=max(16, 4 * concurrency), input_len=512, output_len=128)
+    assert run(h100_qwen, REF_CONFIG, wl)[metric] == pytest.approx(real, rel=0.25)
+
+
+def test_gpu_memory_utilization_too_low_gives_vllms_no_memory_error(h100_qwen: SimEngine) -> None:
+    with pytest.raises(EngineCrash) as exc:
+        h100_qwen.launch({"gpu_memory_utilization": 0.03}, trial_seed=0)
+    assert exc.value.crash_class == "kv_insufficient"
+    assert "No available memory for the cache blocks" in exc.value.message
+    assert 20 < exc.value.elapsed_s < 120  # a failed start still costs GPU time
+
+
+def test_kv_cache_smaller_than_max_model_len() -> None:
+    engine = SimEngine(resolve_model("llama-3.1-8b"), get_gpu("l4-24gb"))
+    with pytest.raises(EngineCrash) as exc:
+        engine.launch({"gpu_memory_utilization": 0.8, "max_model_len": 32768}, trial_seed=0)
+    assert exc.value.crash_class == "kv_insufficient"
+    assert "To serve at least one request with the models's max seq len (32768)" in exc.value.message
+    assert "estimated maximum model length is" in exc.value.message
+
+
+def test_invalid_combination_is_rejected_at_validation(h100_qwen: SimEngine) -> None:
+    with pytest.raises(EngineCrash) as exc:
+        h100_qwen.launch({"max_num_batched_tokens": 512, "max_model_len": 4096, "enable_chunked_prefill": False},
+                         trial_seed=0)
+    assert exc.value.crash_class == "invalid_config"
+    assert "max_num_batched_tokens (512) is smaller than max_model_len (4096)" in exc.value.message
+    assert exc.value.elapsed_s == pytest.approx(23.0)
+
+
+def test_weights_larger_than_gpu_is_oom() -> None:
+    engine = SimEngine(resolve_model("llama-3.1-8b"), get_gpu("t4-16gb"))
+    with pytest.raises(EngineCrash) as exc:
+        engine.launch({"gpu_memory_utilization": 0.95, "max_model_len": 2048}, trial_seed=0)
+    assert exc.value.crash_class == "oom"
+    assert "CUDA out of memory" in exc.value.message
+
+
+def test_same_seed_same_metrics_different_seed_differs(h100_qwen: SimEngine) -> None:
+    wl = Workload(concurrency=8, num_requests=32)
+    a, b, c = run(h100_qwen, REF_CONFIG, wl, 7), run(h100_qwen, REF_CONFIG, wl, 7), run(h100_qwen, REF_CONFIG, wl, 8)
+    assert a == b
+    assert a["itl_p50_ms"] != c["itl_p50_ms"]
+
+
+def test_eager_mode_costs_decode_latency(h100_qwen: SimEngine) -> None:
+    wl = Workload(concurrency=8, num_requests=32)
+    graphs = run(h100_qwen, REF_CONFIG | {"enforce_eager": False}, wl)
+    eager = run(h100_qwen, REF_CONFIG | {"enforce_eager": True}, wl)
+    assert eager["itl_p50_ms"] > 2 * graphs["itl_p50_ms"]
+
+
+def test_tiny_kv_cache_preempts_and_slows_down() -> None:
+    engine = SimEngine(resolve_model("qwen2-1.5b"), get_gpu("h100-80gb"))
+    # short prompts admit many sequences whose decodes then outgrow the cache
+    wl = Workload(concurrency=32, num_requests=64, input_len=256, output_len=512)
+    roomy = engine.launch({"gpu_memory_utilization": 0.5, "max_model_len": 2048}, trial_seed=1).run_load(wl)
+    # ~0.1 GiB of KV: about 3,900 tokens, room for five full sequences
+    tight_gmu = (2.98 + 0.55 + 0.23 + 0.06) / get_gpu("h100-80gb").vram_gib
+    tight = engine.launch({"gpu_memory_utilization": round(tight_gmu, 4), "max_model_len": 1600},
+                          trial_seed=1).run_load(wl)
+    assert roomy.engine_stats["num_preemptions"] == 0
+    assert tight.engine_stats["num_preemptions"] > 10
+    assert summarize(tight)["throughput_tok_s"] < 0.5 * summarize(roomy)["throughput_tok_s"]
+
+
+def test_prefix_caching_skips_shared_prefill(h100_qwen: SimEngine) -> None:
+    wl = Workload(concurrency=4, num_requests=40, input_len=2048, output_len=16, shared_prefix=0.9)
+    cached = run(h100_qwen, {"max_model_len": 4096, "enable_prefix_caching": True}, wl)
+    uncached = run(h100_qwen, {"max_model_len": 4096, "enable_prefix_caching": False}, wl)
+    assert cached["ttft_p50_ms"] < uncached["ttft_p50_ms"]
+    assert cached["throughput_tok_s"] > uncached["throughput_tok_s"]
+
+
+def test_chunked_prefill_protects_decode_latency(h100_qwen: SimEngine) -> None:
+    wl = Workload(concurrency=32, num_requests=128, input_len=2048, output_len=128)
+    base = {"max_model_len": 4096, "max_num_batched_tokens": 512, "max_num_seqs": 64}
+    chunked = run(h100_qwen, base | {"enable_chunked_prefill": True}, wl)
+    whole = run(h100_qwen, base | {"enable_chunked_prefill": False, "max_num_batched_tokens": 4096}, wl)
+    assert chunked["itl_p99_ms"] < whole["itl_p99_ms"]
+
+
+def test_requests_longer_than_max_model_len_get_http_400(h100_qwen: SimEngine) -> None:
+    load = h100_qwen.launch({"max_model_len": 600}, trial_seed=0).run_load(
+        Workload(concurrency=4, num_requests=8, input_len=512, output_len=128))
+    assert all(not r.ok and r.http_status == 400 for r in load.requests)
+    assert "maximum context length is 600 tokens" in (load.requests[0].error or "")
+
+
+def test_open_loop_poisson_rate_sets_throughput(h100_qwen: SimEngine) -> None:
+    wl = Workload(concurrency=256, rate=10.0, num_requests=100, input_len=256, output_len=64)
+    m = run(h100_qwen, REF_CONFIG, wl)
+    assert m["request_throughput"] == pytest.approx(10.0, rel=0.25)
