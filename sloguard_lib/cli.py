@@ -20,9 +20,10 @@ from .engine import BACKENDS, default_backend, make_engine
 from .errors import InputError
 from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
 from .optimizers import OPTIMIZERS
-from .runner import StudyResult, StudySpec, default_space, evaluate, log_path_for, run_study, trial_seed
+from .runner import StudyResult, StudySpec, default_space, log_path_for, run_study
 from .slo import SLO
 from .space import SearchSpace, load_space_file, parse_range_override
+from .trial import evaluate, trial_seed
 from .workload import parse_workload
 
 EXIT_INPUT = 2

@@ -9,7 +9,6 @@ none repeated.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .engine import Engine, EngineCrash, make_engine
+from .engine import Engine, make_engine
 from .errors import InputError
 from .hardware import get_gpu, kv_budget_tokens, resolve_model
-from .metrics import summarize
 from .optimizers import Optimizer, Outcome, make_optimizer
 from .slo import SLO
-from .space import Config, SearchSpace, build_serving_space
+from .space import SearchSpace, build_serving_space
+from .trial import evaluate, trial_seed
 from .trial_log import TrialLog, git_commit, read_log
 from .workload import Workload
 
@@ -68,49 +67,6 @@ def default_space(model: str, gpu: str) -> SearchSpace:
     shape, profile = resolve_model(model), get_gpu(gpu)
     cap = min(shape.max_position_embeddings, kv_budget_tokens(shape, profile, 0.95))
     return build_serving_space(max_model_len_cap=cap)
-
-
-def trial_seed(seed: int, trial: int) -> int:
-    return seed * 1_000_003 + trial
-
-
-def evaluate(engine: Engine, config: Config, workload: Workload, slo: SLO, seed: int) -> dict[str, Any]:
-    """Launch one server, load it, and judge it: the part of a trial that touches the backend."""
-    t0 = time.perf_counter()
-    rec: dict[str, Any] = {"config": config, "crash_class": None, "crash_message": None, "metrics": {},
-                           "utility": None, "violated": []}
-    try:
-        server = engine.launch(config, trial_seed=seed)
-    except EngineCrash as crash:
-        return rec | _crash_fields(crash) | {"engine_start_s": crash.elapsed_s, "gpu_seconds": crash.elapsed_s,
-                                             "wall_s": time.perf_counter() - t0}
-    info = server.info
-    rec |= {"engine_start_s": info.start_s, "engine_version": info.engine_version,
-            "kv_cache_tokens": info.kv_cache_tokens, "engine_info": info.extra}
-    try:
-        load = server.run_load(workload)
-    except EngineCrash as crash:
-        return rec | _crash_fields(crash) | {"gpu_seconds": info.start_s + crash.elapsed_s,
-                                             "wall_s": time.perf_counter() - t0}
-    except Exception as e:  # a harness failure: record it, keep the study alive
-        return rec | {"status": "error", "crash_message": f"{type(e).__name__}: {e}",
-                      "gpu_seconds": info.start_s, "wall_s": time.perf_counter() - t0}
-    finally:
-        server.close()
-    metrics = summarize(load)
-    verdict = slo.evaluate(load, metrics)
-    metrics |= {"goodput_tok_s": verdict.goodput_tok_s, "goodput_req_s": verdict.goodput_req_s,
-                "slo_attainment": verdict.attainment}
-    return rec | {
-        "status": "ok" if verdict.feasible else "slo_violation", "metrics": metrics, "utility": verdict.utility,
-        "violated": verdict.violated, "load_s": load.duration_s, "gpu_seconds": info.start_s + load.duration_s,
-        "wall_s": time.perf_counter() - t0,
-    }
-
-
-def _crash_fields(crash: EngineCrash) -> dict[str, Any]:
-    return {"status": "crash", "crash_class": crash.crash_class, "crash_phase": crash.phase,
-            "crash_message": crash.message, "log_excerpt": crash.log_excerpt}
 
 
 def outcome_of(record: Mapping[str, Any]) -> Outcome:

@@ -8,17 +8,19 @@ from ..errors import InputError
 from ..hardware import GpuProfile, ModelShape, has_gpu
 from .base import CRASH_CLASSES, Engine, EngineCrash, Server, ServerInfo
 from .sim import SimEngine
+from .vllm import VllmEngine
 
 EngineFactory = Callable[[ModelShape, GpuProfile], Engine]
 
 BACKENDS: dict[str, EngineFactory] = {
     "sim": lambda model, gpu: SimEngine(model, gpu),
+    "vllm": lambda model, gpu: VllmEngine(model, gpu),
 }
 
 
 def default_backend() -> str:
-    """``vllm`` where a GPU and the vllm backend are present, else the embedded simulator."""
-    return "vllm" if "vllm" in BACKENDS and has_gpu() else "sim"
+    """``vllm`` on a machine with a GPU, else the embedded simulator."""
+    return "vllm" if has_gpu() else "sim"
 
 
 def make_engine(backend: str, model: ModelShape, gpu: GpuProfile) -> Engine:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run HERE (a machine with PyPI): download vLLM 0.26.0 and the cp312 wheels the GPU box lacks, pack them
+# into one tar and split it into parts that fit one `run` call each (64 MiB per call, working tree included).
+# Output: .devpkg/parts/part_NN and .devpkg/parts/SHA256 (ignored by git; carried explicitly).
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+DEPS=${DEPS:-../shared/gpu/vllm-0.26.0-device-deps.txt}
+W=.devpkg/wheels
+mkdir -p "$W" .devpkg/parts
+plat=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
+for n in $(seq 5 39); do plat+=(--platform "manylinux_2_${n}_x86_64"); done
+pipdl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+          --abi cp312 --abi abi3 --abi none "${plat[@]}" -d "$W" "$@"; }
+pipdl vllm==0.26.0
+grep -v '^\s*#' "$DEPS" | grep -v '^\s*$' | while read -r req; do pipdl "$req"; done
+rm -f .devpkg/parts/part_*
+tar -cf .devpkg/bundle.tar -C .devpkg wheels
+split -b 61000000 -d -a 2 .devpkg/bundle.tar .devpkg/parts/part_
+sha256sum .devpkg/bundle.tar | cut -d' ' -f1 > .devpkg/parts/SHA256
+rm .devpkg/bundle.tar
+ls -la .devpkg/parts

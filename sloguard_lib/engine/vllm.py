@@ -1,0 +1,246 @@
+"""The real backend: one ``vllm serve`` process per trial, driven by the load generator.
+
+Launch maps the trial's knobs to vLLM's flags (booleans as ``--x`` / ``--no-x``; the chunked-prefill flag
+only when the knob is active; ``fp16`` = no ``--quantization``), binds a free loopback port, loads
+config-only folders with ``--load-format dummy`` and waits for ``/health``. The process runs in its own
+process group with its output in a per-trial log; an early exit is classified from that log
+(:mod:`sloguard_lib.crash`). Teardown sends SIGTERM to the group, SIGKILL after a grace period, and waits
+until the port is free so the next trial never collides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..crash import classify_log
+from ..errors import InputError
+from ..hardware import GpuProfile, ModelShape
+from ..loadgen import STALL, LoadTarget, run_load
+from ..metrics import LoadResult
+from ..model_folder import prepare_model_dir
+from ..space import Config
+from ..workload import Workload
+from .base import EngineCrash, ServerInfo
+
+SERVED_NAME = "sloguard"
+FLAG_KNOBS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len")
+BOOL_KNOBS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
+
+
+def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]:
+    args = ["serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
+            "--seed", str(seed)]
+    if not any(Path(model_dir).glob("*.safetensors")):  # config-only folder: random weights
+        args += ["--load-format", "dummy"]
+    for knob in FLAG_KNOBS:
+        if knob in config:
+            args += ["--" + knob.replace("_", "-"), str(config[knob])]
+    for knob in BOOL_KNOBS:
+        if knob in config:
+            flag = knob.replace("_", "-")
+            if knob == "enforce_eager":
+                args += ["--enforce-eager"] if config[knob] else []
+            else:
+                args.append(f"--{flag}" if config[knob] else f"--no-{flag}")
+    quant = config.get("quantization", "fp16")
+    if quant not in ("fp16", "bf16"):
+        args += ["--quantization", str(quant)]
+    return args
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, model: ModelShape, gpu: GpuProfile, *, log_dir: str | Path = "results/server_logs",
+                 vllm_cmd: list[str] | None = None, startup_timeout_s: float = 900.0,
+                 extra_args: list[str] | None = None, stall_timeout_s: float = 60.0) -> None:
+        self.model, self.gpu = model, gpu
+        self.log_dir = Path(log_dir)
+        exe = shutil.which("vllm")
+        if vllm_cmd is None and exe is None and importlib.util.find_spec("vllm") is None:
+            raise InputError("the vllm backend needs vLLM: it is not installed here (pip install vllm), "
+                             "or use --backend sim")
+        self.vllm_cmd = vllm_cmd or ([exe] if exe else [sys.executable, "-m", "vllm.entrypoints.cli.main"])
+        self.startup_timeout_s, self.stall_timeout_s = startup_timeout_s, stall_timeout_s
+        self.extra_args = extra_args or []
+        self._n = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "engine_version": _vllm_version(), "gpu": self.gpu.name, "model": self.model.name}
+
+    def latency_floor_ms(self, workload: Workload) -> tuple[float, float]:
+        itl = self.model.weight_bytes() / (self.gpu.hbm_tbps * 1e12) * 1e3
+        ttft = 2.0 * self.model.linear_params * workload.input_len / (self.gpu.fp16_tflops * 1e12) * 1e3
+        return max(ttft, itl), itl
+
+    def _servable_dir(self) -> Path:
+        """The model folder itself if it has a tokenizer, else a cached copy with a synthetic one."""
+        src = Path(self.model.path)
+        if not (src / "config.json").exists():
+            raise InputError(f"model folder {str(src)!r} has no config.json")
+        if (src / "tokenizer.json").exists() or (src / "tokenizer_config.json").exists():
+            return src
+        dest = Path(os.environ.get("SLOGUARD_CACHE", Path.home() / ".cache" / "sloguard")) / "models" / self.model.name
+        if not (dest / "tokenizer.json").exists():
+            prepare_model_dir(self.model, dest)
+        return dest
+
+    def launch(self, config: Config, *, trial_seed: int) -> VllmServer:
+        model_dir = self._servable_dir()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self._n += 1
+        log_path = self.log_dir / f"trial{self._n:03d}_port{port}.log"
+        cmd = [*self.vllm_cmd, *vllm_args(str(model_dir), config, port, trial_seed % 2**31), *self.extra_args]
+        env = os.environ | {"VLLM_USE_FLASHINFER_SAMPLER": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER", "0")}
+        t0 = time.perf_counter()
+        log = open(log_path, "wb")  # noqa: SIM115 - owned by the server object, closed in close()
+        log.write(("$ " + " ".join(cmd) + "\n").encode())
+        log.flush()
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        except FileNotFoundError:
+            log.close()
+            raise InputError(f"cannot start vLLM: {self.vllm_cmd[0]!r} not found; install vllm") from None
+        server = VllmServer(proc, port, log, log_path, t0)
+        try:
+            server.wait_ready(self.startup_timeout_s)
+        except EngineCrash:
+            server.close()
+            raise
+        server.info = ServerInfo(
+            backend=self.name, engine_version=server.version(), gpu=self.gpu.name, model=self.model.name,
+            start_s=time.perf_counter() - t0, kv_cache_tokens=server.kv_cache_tokens(), extra={"log": str(log_path)})
+        server.target = LoadTarget(f"http://127.0.0.1:{port}", SERVED_NAME, self.model.vocab_size,
+                                   stall_timeout_s=self.stall_timeout_s)
+        return server
+
+
+class VllmServer:
+    info: ServerInfo
+    target: LoadTarget
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Any, log_path: Path, t0: float) -> None:
+        self.proc, self.port, self.log, self.log_path, self.t0 = proc, port, log, log_path, t0
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
+
+    def _crash(self, phase: str, default: str, elapsed: float) -> EngineCrash:
+        text = self.log_path.read_text(errors="replace")
+        c = classify_log(text, returncode=self.proc.poll())
+        cls = c.crash_class if c.crash_class != "unknown" else default
+        first = c.excerpt.strip().splitlines()[-1] if c.excerpt.strip() else default
+        return EngineCrash(cls, first, elapsed_s=elapsed, phase=phase, log_excerpt=c.excerpt)  # type: ignore[arg-type]
+
+    def wait_ready(self, timeout_s: float) -> None:
+        while True:
+            elapsed = time.perf_counter() - self.t0
+            if self.proc.poll() is not None:
+                raise self._crash("startup", "unknown", elapsed)
+            if elapsed > timeout_s:
+                raise EngineCrash("startup_timeout", f"/health not ready after {timeout_s:.0f} s",
+                                  elapsed_s=elapsed, log_excerpt=self.log_path.read_text(errors="replace")[-2000:])
+            with contextlib.suppress(httpx.HTTPError):
+                if self.http.get("/health").status_code == 200:
+                    return
+            time.sleep(0.5)
+
+    def version(self) -> str:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            return "vllm-" + str(self.http.get("/version").json()["version"])
+        return _vllm_version()
+
+    def metrics_text(self) -> str:
+        with contextlib.suppress(httpx.HTTPError):
+            return self.http.get("/metrics").text
+        return ""
+
+    def kv_cache_tokens(self) -> int | None:
+        text = self.metrics_text()
+        m = re.search(r'vllm:cache_config_info\{[^}]*num_gpu_blocks="(\d+)"[^}]*\}', text)
+        b = re.search(r'vllm:cache_config_info\{[^}]*block_size="(\d+)"[^}]*\}', text)
+        if m:
+            return int(m.group(1)) * (int(b.group(1)) if b else 16)
+        log = self.log_path.read_text(errors="replace")
+        g = re.search(r"GPU KV cache size: ([\d,]+) tokens", log)
+        return int(g.group(1).replace(",", "")) if g else None
+
+    def run_load(self, workload: Workload) -> LoadResult:
+        t_start = time.perf_counter()
+        before = _scrape(self.metrics_text())
+        load = run_load(self.target, workload)
+        elapsed = time.perf_counter() - t_start
+        if self.proc.poll() is not None:
+            raise self._crash("load", "killed", elapsed)
+        errors = [r for r in load.requests if not r.ok]
+        if any(r.http_status and r.http_status >= 500 for r in errors):
+            first = next(r for r in errors if r.http_status and r.http_status >= 500)
+            raise EngineCrash("server_error", f"HTTP {first.http_status}: {first.error}", elapsed_s=elapsed,
+                              phase="load")
+        if any((r.error or "").startswith(STALL) for r in errors):
+            raise EngineCrash("runtime_hang", next(r.error for r in errors if r.error), elapsed_s=elapsed,
+                              phase="load")
+        after = _scrape(self.metrics_text())
+        load.engine_stats = {"num_preemptions": after.get("num_preemptions", 0) - before.get("num_preemptions", 0),
+                             "kv_cache_usage_peak": after.get("kv_cache_usage", float("nan"))}
+        return load
+
+    def close(self, grace_s: float = 20.0) -> None:
+        self.http.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of the group (engine core, workers)
+        deadline = time.perf_counter() + 30
+        while port_in_use(self.port) and time.perf_counter() < deadline:
+            time.sleep(0.2)
+        self.log.close()
+
+
+def _scrape(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    names = (("num_preemptions", "vllm:num_preemptions_total"), ("kv_cache_usage", "vllm:kv_cache_usage_perc"))
+    for key, name in names:
+        m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$", text, re.MULTILINE)
+        if m:
+            out[key] = float(m.group(1))
+    return out
+
+
+def _vllm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return "vllm-" + version("vllm")
+    except Exception:
+        return "vllm-unknown"

@@ -1,0 +1,117 @@
+"""Concurrent streaming load generator for an OpenAI-compatible server (vLLM's ``/v1/completions``).
+
+asyncio + one keep-alive httpx pool. Prompts go out as exact token-id lists with ``ignore_eos`` and a
+fixed ``max_tokens``, so the server does exactly the work the :class:`~sloguard_lib.workload.Workload`
+describes. SSE is parsed line by line as it arrives; each data chunk that carries text is one streamed
+event, timed on arrival: TTFT = first event - send, ITL = gaps between events (what
+``vllm bench serve`` records). The token count comes from the final ``usage`` chunk.
+
+Closed loop: ``concurrency`` requests in flight. Open loop: Poisson send times, still capped by
+``concurrency``. Warm-up requests run first and are discarded. A request that gets no byte for
+``stall_timeout_s`` fails as a stall, and the whole load is cut at ``load_timeout_s``, so a dead or hung
+server ends the trial instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from .metrics import LoadResult, RequestResult
+from .workload import Request, Workload
+
+STALL = "stall"  # error prefix for requests that stopped receiving tokens
+
+
+@dataclass(frozen=True)
+class LoadTarget:
+    base_url: str  # e.g. http://127.0.0.1:8000
+    model: str  # the served model name
+    vocab_size: int
+    stall_timeout_s: float = 60.0
+    load_timeout_s: float = 1800.0
+
+
+async def _one(client: httpx.AsyncClient, target: LoadTarget, req: Request, seed: int) -> RequestResult:
+    body = {
+        "model": target.model, "prompt": req.prompt_token_ids(target.vocab_size, seed), "max_tokens": req.output_len,
+        "min_tokens": req.output_len, "ignore_eos": True, "temperature": 0.0, "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    res = RequestResult(req.index, ok=False, prompt_tokens=req.prompt_len)
+    t0 = time.perf_counter()
+    last = t0
+    events = 0
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as resp:
+            res.http_status = resp.status_code
+            if resp.status_code != 200:
+                res.error = (await resp.aread()).decode(errors="replace")[:500]
+                return res
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                now = time.perf_counter()
+                if chunk.get("usage"):
+                    res.output_tokens = int(chunk["usage"].get("completion_tokens", 0))
+                choices = chunk.get("choices") or []
+                if choices and (choices[0].get("text") or choices[0].get("finish_reason") is None):
+                    if events == 0:
+                        res.ttft_s = now - t0
+                    else:
+                        res.itl_s.append(now - last)
+                    last = now
+                    events += 1
+        res.e2e_s = last - t0
+        res.ok = events > 0
+        if not res.ok:
+            res.error = "stream ended without tokens"
+    except httpx.ReadTimeout:
+        res.error = f"{STALL}: no byte for {target.stall_timeout_s:.0f} s after {events} events"
+    except (httpx.HTTPError, json.JSONDecodeError) as e:
+        res.error = f"{type(e).__name__}: {e}"
+    return res
+
+
+async def run_load_async(target: LoadTarget, workload: Workload) -> LoadResult:
+    reqs = workload.requests()
+    limits = httpx.Limits(max_connections=workload.concurrency, max_keepalive_connections=workload.concurrency)
+    timeout = httpx.Timeout(connect=10.0, read=target.stall_timeout_s, write=30.0, pool=None)
+    async with httpx.AsyncClient(base_url=target.base_url, limits=limits, timeout=timeout) as client:
+        for i in range(workload.warmup):
+            warm = Request(len(reqs) + i, reqs[0].prompt_len, min(reqs[0].output_len, 16), 0, 0.0)
+            await _one(client, target, warm, workload.seed + 1)
+        sem = asyncio.Semaphore(workload.concurrency)
+        start = time.perf_counter()
+
+        async def send(req: Request) -> RequestResult:
+            if not workload.closed_loop:
+                await asyncio.sleep(max(0.0, start + req.arrival_s - time.perf_counter()))
+            async with sem:
+                return await _one(client, target, req, workload.seed)
+
+        tasks = [asyncio.create_task(send(r)) for r in reqs]
+        done, pending = await asyncio.wait(tasks, timeout=target.load_timeout_s)
+        for task in pending:
+            task.cancel()
+        results = []
+        for req, task in zip(reqs, tasks, strict=True):
+            if task in done and not task.cancelled() and task.exception() is None:
+                results.append(task.result())
+            else:
+                results.append(RequestResult(req.index, ok=False, prompt_tokens=req.prompt_len, http_status=None,
+                                             error=f"{STALL}: load cut at {target.load_timeout_s:.0f} s"))
+        duration = time.perf_counter() - start
+    return LoadResult(results, duration_s=duration)
+
+
+def run_load(target: LoadTarget, workload: Workload) -> LoadResult:
+    return asyncio.run(run_load_async(target, workload))

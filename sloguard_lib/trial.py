@@ -1,0 +1,60 @@
+"""One trial's contact with a backend: launch -> load -> metrics -> SLO verdict, as a log record.
+
+Kept apart from the study loop so that anything that evaluates configs (``sloguard bench``, the
+calibration grid on a GPU machine, the study runner) judges them identically, and so that it imports
+nothing but the engine protocol (no optimizer libraries needed on a bare GPU box).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .engine.base import Engine, EngineCrash
+from .metrics import summarize
+from .slo import SLO
+from .space import Config
+from .workload import Workload
+
+
+def trial_seed(seed: int, trial: int) -> int:
+    return seed * 1_000_003 + trial
+
+
+def evaluate(engine: Engine, config: Config, workload: Workload, slo: SLO, seed: int) -> dict[str, Any]:
+    """Launch one server, load it, and judge it: the part of a trial that touches the backend."""
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"config": config, "crash_class": None, "crash_message": None, "metrics": {},
+                           "utility": None, "violated": []}
+    try:
+        server = engine.launch(config, trial_seed=seed)
+    except EngineCrash as crash:
+        return rec | _crash_fields(crash) | {"engine_start_s": crash.elapsed_s, "gpu_seconds": crash.elapsed_s,
+                                             "wall_s": time.perf_counter() - t0}
+    info = server.info
+    rec |= {"engine_start_s": info.start_s, "engine_version": info.engine_version,
+            "kv_cache_tokens": info.kv_cache_tokens, "engine_info": info.extra}
+    try:
+        load = server.run_load(workload)
+    except EngineCrash as crash:
+        return rec | _crash_fields(crash) | {"gpu_seconds": info.start_s + crash.elapsed_s,
+                                             "wall_s": time.perf_counter() - t0}
+    except Exception as e:  # a harness failure: record it, keep the study alive
+        return rec | {"status": "error", "crash_message": f"{type(e).__name__}: {e}",
+                      "gpu_seconds": info.start_s, "wall_s": time.perf_counter() - t0}
+    finally:
+        server.close()
+    metrics = summarize(load)
+    verdict = slo.evaluate(load, metrics)
+    metrics |= {"goodput_tok_s": verdict.goodput_tok_s, "goodput_req_s": verdict.goodput_req_s,
+                "slo_attainment": verdict.attainment}
+    return rec | {
+        "status": "ok" if verdict.feasible else "slo_violation", "metrics": metrics, "utility": verdict.utility,
+        "violated": verdict.violated, "load_s": load.duration_s, "gpu_seconds": info.start_s + load.duration_s,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _crash_fields(crash: EngineCrash) -> dict[str, Any]:
+    return {"status": "crash", "crash_class": crash.crash_class, "crash_phase": crash.phase,
+            "crash_message": crash.message, "log_excerpt": crash.log_excerpt}

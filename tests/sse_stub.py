@@ -1,0 +1,91 @@
+"""A minimal OpenAI-style streaming server for exercising the load generator without vLLM.
+
+Raw asyncio HTTP/1.1 with keep-alive and chunked SSE: each completion streams ``max_tokens`` chunks
+``token_interval_s`` apart, then a usage chunk and ``[DONE]``. Not a fake engine for results: it only
+lets tests and the load-generator benchmark check parsing, timing and failure handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class SSEStub:
+    def __init__(self, token_interval_s: float = 0.0, ttft_s: float = 0.0, fail_status: int | None = None) -> None:
+        self.token_interval_s, self.ttft_s, self.fail_status = token_interval_s, ttft_s, fail_status
+        self.port = 0
+        self.requests = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.decode().split("\r\n"):
+                    if line.lower().startswith("content-length:"):
+                        length = int(line.split(":", 1)[1])
+                body = json.loads(await reader.readexactly(length)) if length else {}
+                self.requests += 1
+                if head.startswith(b"GET /health"):
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                if self.fail_status:
+                    msg = b'{"error": "stub failure"}'
+                    writer.write(b"HTTP/1.1 %d Error\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                                 % (self.fail_status, len(msg), msg))
+                    await writer.drain()
+                    continue
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                n = int(body.get("max_tokens", 16))
+                await asyncio.sleep(self.ttft_s)
+                for i in range(n):
+                    if i and self.token_interval_s:
+                        await asyncio.sleep(self.token_interval_s)
+                    fin = "length" if i == n - 1 else None
+                    self._chunk(writer, {"choices": [{"index": 0, "text": f" w{i}", "finish_reason": fin}]})
+                    await writer.drain()
+                self._chunk(writer, {"choices": [], "usage": {"prompt_tokens": len(body.get("prompt", [])),
+                                                               "completion_tokens": n}})
+                self._raw(writer, b"data: [DONE]\n\n")
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _chunk(self, writer: asyncio.StreamWriter, obj: dict) -> None:  # type: ignore[type-arg]
+        self._raw(writer, b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+    @staticmethod
+    def _raw(writer: asyncio.StreamWriter, data: bytes) -> None:
+        writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    @contextmanager
+    def running(self) -> Iterator[SSEStub]:
+        ready = threading.Event()
+        box: dict[str, object] = {}
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            box["loop"], box["stop"] = asyncio.get_running_loop(), stop
+            server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            async with server:
+                await stop.wait()
+
+        thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+        thread.start()
+        ready.wait(5)
+        try:
+            yield self
+        finally:
+            loop, stop = box["loop"], box["stop"]
+            loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
+            thread.join(5)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from sloguard_lib.loadgen import LoadTarget, run_load
+from sloguard_lib.metrics import summarize
+from sloguard_lib.workload import Workload
+
+from .sse_stub import SSEStub
+
+
+def test_streams_are_parsed_and_timed() -> None:
+    with SSEStub(token_interval_s=0.005, ttft_s=0.02).running() as stub:
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000)
+        load = run_load(target, Workload(concurrency=4, num_requests=8, input_len=32, output_len=10, warmup=1))
+    assert stub.requests == 9  # one warm-up, excluded from the results
+    assert len(load.requests) == 8 and all(r.ok for r in load.requests)
+    assert all(r.output_tokens == 10 and len(r.itl_s) == 9 for r in load.requests)
+    m = summarize(load)
+    assert 20 <= m["ttft_p50_ms"] < 60
+    assert 5 <= m["itl_p50_ms"] < 15
+    assert m["throughput_tok_s"] == pytest.approx(80 / load.duration_s)
+
+
+def test_http_errors_are_recorded_not_raised() -> None:
+    with SSEStub(fail_status=500).running() as stub:
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000)
+        load = run_load(target, Workload(concurrency=2, num_requests=4, output_len=4, warmup=0))
+    assert all(not r.ok and r.http_status == 500 and "stub failure" in (r.error or "") for r in load.requests)
+
+
+def test_stalled_server_fails_requests_instead_of_hanging() -> None:
+    with SSEStub(ttft_s=5.0).running() as stub:
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, stall_timeout_s=0.3)
+        load = run_load(target, Workload(concurrency=2, num_requests=2, output_len=4, warmup=0))
+    assert all(not r.ok and (r.error or "").startswith("stall") for r in load.requests)
+
+
+def test_dead_server_is_a_connection_error() -> None:
+    target = LoadTarget("http://127.0.0.1:9", "m", vocab_size=1000)
+    load = run_load(target, Workload(concurrency=2, num_requests=2, output_len=4, warmup=0))
+    assert all(not r.ok and "ConnectError" in (r.error or "") for r in load.requests)
