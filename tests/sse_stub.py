@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class SSEStub:
@@ -40,7 +40,8 @@ class SSEStub:
                                  % (self.fail_status, len(msg), msg))
                     await writer.drain()
                     continue
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n")
                 n = int(body.get("max_tokens", 16))
                 await asyncio.sleep(self.ttft_s)
                 for i in range(n):

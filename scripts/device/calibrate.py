@@ -33,12 +33,14 @@ def wl(c: int, n: int, i: int = 512, o: int = 128, **kw: Any) -> Workload:
 
 REF = {"gpu_memory_utilization": 0.5, "max_model_len": 2048}
 GRID: list[tuple[str, dict[str, Any], list[Workload]]] = [
-    ("invalid_combination", {"max_num_batched_tokens": 512, "max_model_len": 4096, "enable_chunked_prefill": False}, []),
+    ("invalid_combination",
+     {"max_num_batched_tokens": 512, "max_model_len": 4096, "enable_chunked_prefill": False}, []),
     ("reference", REF, [wl(1, 16), wl(16, 64), wl(16, 16), wl(64, 256), wl(64, 64), wl(128, 256)]),
     ("eager", REF | {"enforce_eager": True}, [wl(1, 8), wl(16, 64), wl(64, 256)]),
     ("no_chunked", REF | {"enable_chunked_prefill": False, "max_num_batched_tokens": 2048},
      [wl(64, 256), wl(16, 64, i=1536, o=64)]),
-    ("small_batch", REF | {"max_num_seqs": 16, "max_num_batched_tokens": 1024}, [wl(64, 128), wl(8, 32, i=1024, o=256)]),
+    ("small_batch", REF | {"max_num_seqs": 16, "max_num_batched_tokens": 1024},
+     [wl(64, 128), wl(8, 32, i=1024, o=256)]),
     ("gmu_too_low", {"gpu_memory_utilization": 0.03}, []),
     ("kv_below_max_model_len", {"gpu_memory_utilization": 0.05, "max_model_len": 65536}, []),
 ]
