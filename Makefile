@@ -25,4 +25,4 @@ check: lint typecheck test
 
 bench: install
 	$(PY) benchmarks/sim_speed.py
-	$(PY) benchmarks/sim_calibration.py
+	$(PY) benchmarks/sim_fidelity.py

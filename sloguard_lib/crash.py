@@ -28,7 +28,8 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 @dataclass(frozen=True)
 class Classification:
     crash_class: str
-    excerpt: str
+    line: str  # the log line that decided it (the crash message)
+    excerpt: str  # that line with context, for the trial record
 
 
 def classify_log(text: str, *, returncode: int | None = None, context: int = 2) -> Classification:
@@ -37,12 +38,14 @@ def classify_log(text: str, *, returncode: int | None = None, context: int = 2) 
     for cls, pattern in _RULES:
         for i, line in enumerate(lines):
             if pattern.search(line):
-                return Classification(cls, "\n".join(lines[max(0, i - context): i + context + 1]))
+                excerpt = "\n".join(lines[max(0, i - context): i + context + 1])
+                return Classification(cls, line.strip(), excerpt)
     if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = "unknown signal"
-        return Classification("killed", f"terminated by signal {-returncode} ({name})")
-    tail = "\n".join(lines[-8:])
-    return Classification("unknown", tail)
+        msg = f"terminated by signal {-returncode} ({name})"
+        return Classification("killed", msg, msg)
+    last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "no output")
+    return Classification("unknown", last, "\n".join(lines[-8:]))

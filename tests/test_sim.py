@@ -1,12 +1,14 @@
-"""The simulator against real vLLM 0.26.0 H100 figures, and its mechanisms one at a time."""
+"""The simulator against real vLLM 0.26.0 on the H100 (results/h100), and its mechanisms one at a time."""
 
 from __future__ import annotations
+
+import statistics
 
 import pytest
 
 from sloguard_lib.engine import EngineCrash
-from sloguard_lib.engine.calibration import H100_KV_TOKENS
 from sloguard_lib.engine.sim import SimEngine
+from sloguard_lib.fidelity import compare, load_points
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.metrics import summarize
 from sloguard_lib.workload import Workload
@@ -18,21 +20,27 @@ def run(engine: SimEngine, config: dict, workload: Workload, seed: int = 1) -> d
     return summarize(engine.launch(config, trial_seed=seed).run_load(workload))
 
 
-def test_kv_cache_size_matches_real_h100(h100_qwen: SimEngine) -> None:
+def test_memory_model_matches_real_h100_logs(h100_qwen: SimEngine) -> None:
+    """vLLM 0.26.0 logged: weights 3.02 GiB, KV 35.79 GiB = 1,340,176 tokens (gmu 0.5, mml 2048)."""
     server = h100_qwen.launch(REF_CONFIG, trial_seed=0)
-    assert server.info.kv_cache_tokens == pytest.approx(H100_KV_TOKENS, rel=0.005)
-    assert server.info.extra["weights_gib"] == pytest.approx(2.98, abs=0.05)
-    assert server.info.extra["activation_gib"] == pytest.approx(0.5, abs=0.05)
+    assert server.info.kv_cache_tokens == pytest.approx(1_340_176, rel=0.002)
+    assert server.info.extra["weights_gib"] == pytest.approx(3.02, abs=0.01)
+    assert server.info.extra["kv_cache_gib"] == pytest.approx(35.79, abs=0.05)
 
 
-@pytest.mark.parametrize(("concurrency", "metric", "real"), [
-    (1, "ttft_p50_ms", 64.0), (1, "itl_p50_ms", 2.55),
-    (16, "itl_p50_ms", 3.5),
-    (64, "itl_p99_ms", 53.0), (64, "throughput_tok_s", 7300.0),
-])
-def test_latency_matches_real_h100(h100_qwen: SimEngine, concurrency: int, metric: str, real: float) -> None:
-    wl = Workload(concurrency=concurrency, num_requests=max(16, 4 * concurrency), input_len=512, output_len=128)
-    assert run(h100_qwen, REF_CONFIG, wl)[metric] == pytest.approx(real, rel=0.25)
+def test_sim_reproduces_the_recorded_h100_points() -> None:
+    """Every real point in results/h100/calibration.jsonl, replayed on the simulator."""
+    rows = compare(load_points())
+    targets = [r for r in rows if r.is_target and r.rel_error is not None]
+    by_metric = {m: [abs(r.rel_error) for r in targets if r.metric == m] for m in  # type: ignore[arg-type]
+                 ("kv_cache_tokens", "itl_p50_ms", "throughput_tok_s")}
+    assert max(by_metric["kv_cache_tokens"]) < 0.01
+    assert max(by_metric["itl_p50_ms"]) < 0.25
+    assert statistics.median(by_metric["throughput_tok_s"]) < 0.2
+    crashes = [r for r in rows if r.metric == "crash_class"]
+    assert len(crashes) == 3 and all(r.sim == r.real for r in crashes)
+    ttft_c1 = next(r for r in targets if r.name == "reference" and r.concurrency == 1 and r.metric == "ttft_p50_ms")
+    assert abs(ttft_c1.rel_error or 1) < 0.25
 
 
 def test_gpu_memory_utilization_too_low_gives_vllms_no_memory_error(h100_qwen: SimEngine) -> None:
@@ -48,7 +56,7 @@ def test_kv_cache_smaller_than_max_model_len() -> None:
     with pytest.raises(EngineCrash) as exc:
         engine.launch({"gpu_memory_utilization": 0.8, "max_model_len": 32768}, trial_seed=0)
     assert exc.value.crash_class == "kv_insufficient"
-    assert "To serve at least one request with the models's max seq len (32768)" in exc.value.message
+    assert "To serve at least one request with the model's max seq len (32768)" in exc.value.message
     assert "estimated maximum model length is" in exc.value.message
 
 
@@ -58,7 +66,7 @@ def test_invalid_combination_is_rejected_at_validation(h100_qwen: SimEngine) -> 
                          trial_seed=0)
     assert exc.value.crash_class == "invalid_config"
     assert "max_num_batched_tokens (512) is smaller than max_model_len (4096)" in exc.value.message
-    assert exc.value.elapsed_s == pytest.approx(23.0)
+    assert 23 <= exc.value.elapsed_s <= 60  # measured on the H100: 23 s (warm imports) to 60 s (cold)
 
 
 def test_weights_larger_than_gpu_is_oom() -> None:
@@ -89,7 +97,7 @@ def test_tiny_kv_cache_preempts_and_slows_down() -> None:
     wl = Workload(concurrency=32, num_requests=64, input_len=256, output_len=512)
     roomy = engine.launch({"gpu_memory_utilization": 0.5, "max_model_len": 2048}, trial_seed=1).run_load(wl)
     # ~0.1 GiB of KV: about 3,900 tokens, room for five full sequences
-    tight_gmu = (2.98 + 0.55 + 0.23 + 0.06) / get_gpu("h100-80gb").vram_gib
+    tight_gmu = (3.02 + 0.633 + 0.152 + 0.105) / get_gpu("h100-80gb").vram_gib
     tight = engine.launch({"gpu_memory_utilization": round(tight_gmu, 4), "max_model_len": 1600},
                           trial_seed=1).run_load(wl)
     assert roomy.engine_stats["num_preemptions"] == 0

@@ -26,9 +26,12 @@ from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.metrics import summarize
 from sloguard_lib.workload import Workload
 
+_loads = iter(range(1, 10_000))
+
 
 def wl(c: int, n: int, i: int = 512, o: int = 128, **kw: Any) -> Workload:
-    return Workload(concurrency=c, num_requests=n, input_len=i, output_len=o, **kw)
+    """A load with its own prompt seed: a server must never see a prompt twice (prefix caching would hit)."""
+    return Workload(concurrency=c, num_requests=n, input_len=i, output_len=o, seed=next(_loads), **kw)
 
 
 REF = {"gpu_memory_utilization": 0.5, "max_model_len": 2048}

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class SimCalibration:
     # --- memory model (GiB unless noted) ---
-    weight_overhead_gib: float = 0.10  # rotary caches, sampler buffers: vLLM logs 2.98 GiB vs 2.88 computed
-    act_token_factor: float = 1.0  # profile peak: mnbt x (2*intermediate + 4*hidden) x dtype bytes x this
-    logits_factor: float = 0.25  # + max_num_seqs x vocab x 4 B x this (sampler warm-up); 0.5 GiB total
-    cuda_graph_gib_per_layer: float = 0.008  # graph pools when CUDA graphs are on (0.22 GiB for 28 layers)
-    nontorch_gib: float = 0.0  # NCCL/cuBLAS workspaces outside torch's allocator
+    weight_overhead_gib: float = 0.145  # rotary caches, sampler buffers: vLLM logs 3.02 GiB vs 2.875 computed
+    act_token_factor: float = 0.415  # profile peak: mnbt x (2*intermediate + 4*hidden) x dtype bytes x this
+    logits_factor: float = 0.0  # + max_num_seqs x vocab x 4 B x this (measured: max_num_seqs barely matters)
+    cuda_graph_gib_per_layer: float = 0.0  # 0.26 captures graphs after sizing the KV cache: no KV cost
+    nontorch_gib: float = 0.633  # CUDA context, cuBLAS workspaces: non-KV memory not explained above
     block_size: int = 16
 
     # --- roofline efficiencies ---
@@ -28,28 +28,31 @@ class SimCalibration:
     quantized_gemm_eff: float = 0.5  # int4 kernels (awq/gptq) relative to fp16 GEMM efficiency
 
     # --- per-step host overheads (seconds) ---
-    step_overhead_s: float = 1.25e-3  # scheduler + launch of one full-CUDA-graph decode step
-    per_seq_overhead_s: float = 0.05e-3  # input prep + sampling + output processing per sequence
+    step_overhead_s: float = 1.0e-3  # scheduler + launch of one full-CUDA-graph decode step
+    per_seq_overhead_s: float = 0.04e-3  # input prep + sampling + output processing per sequence
     piecewise_per_layer_s: float = 0.01e-3  # attention runs outside graphs in mixed (prefill) steps
-    eager_per_layer_s: float = 0.15e-3  # Python + kernel launches per layer without CUDA graphs
+    eager_per_layer_s: float = 0.38e-3  # Python + kernel launches per layer without CUDA graphs
     max_capture_size: int = 512  # vLLM captures decode graphs up to min(2 x max_num_seqs, 512)
 
     # --- API server (frontend) ---
-    request_overhead_s: float = 0.058  # HTTP + input processing + first-chunk streaming of one request
+    request_overhead_s: float = 0.013  # HTTP + input processing + first-chunk streaming of one request
+    admit_serial_s: float = 0.002  # API-server time per new request, one at a time: bursts queue here
 
     # --- noise ---
     step_noise_sigma: float = 0.04  # log-normal sigma of per-step time
     trial_noise_sigma: float = 0.02  # log-normal sigma shared by a whole trial (run-to-run variation)
+    hiccup_prob: float = 0.02  # host hiccups (GC, scheduling): this fraction of steps takes
+    hiccup_factor: float = 2.5  # this many times longer -- the heavy tail behind real ITL p99s
 
     # --- start-up timeline (seconds) ---
-    boot_s: float = 20.0  # imports, API server, engine-core process, config validation
-    validation_fail_s: float = 23.0  # argument/config validation errors surface here
-    load_s_per_gib: float = 0.5  # dummy weight init
-    profile_s: float = 2.0
-    compile_cold_s: float = 45.0  # torch.compile with an empty cache
-    compile_warm_s: float = 3.0  # compile cache hit
+    boot_s: float = 47.0  # imports, API server, engine-core process, config validation
+    validation_fail_s: float = 30.0  # argument/config validation errors surface here (23-60 s measured)
+    load_s_per_gib: float = 0.7  # dummy weight init (2 s for 3 GiB)
+    profile_s: float = 3.0
+    compile_cold_s: float = 25.0  # torch.compile; measured 21.5-24.8 s per start
+    compile_warm_s: float = 22.0  # a cache hit barely helps across configs in 0.26
     graph_capture_s: float = 5.0
-    kv_alloc_s: float = 1.0
+    kv_alloc_s: float = 20.0  # KV allocation + warm-up ("init engine" minus compile)
 
 
 DEFAULT = SimCalibration()

@@ -42,6 +42,7 @@ from .calibration import DEFAULT, SimCalibration
 
 SIM_VERSION = "sim-vllm-0.26.0"
 MAX_LOAD_S = 1800.0  # simulated wall-clock cap on one load run; unfinished requests time out
+DOCS_MEMORY = "https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
 
 
 def vllm_defaults(gpu: GpuProfile, model: ModelShape) -> Config:
@@ -180,18 +181,20 @@ class SimEngine:
             raise EngineCrash(
                 "kv_insufficient",
                 "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
-                "when initializing the engine. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ "
-                "for more details.\nRuntimeError: Engine core initialization failed. See root cause above.",
+                "when initializing the engine (this flag also controls CPU memory reservation on the CPU backend, "
+                f"despite its name). See {DOCS_MEMORY} for more details.\n"
+                "RuntimeError: Engine core initialization failed. See root cause above.",
                 elapsed_s=t)
         need_gib = math.ceil(mml / cal.block_size) * cal.block_size * m.kv_bytes_per_token() / GIB
         if plan.kv_tokens < mml:
             raise EngineCrash(
                 "kv_insufficient",
-                f"ValueError: To serve at least one request with the models's max seq len ({mml}), "
+                f"ValueError: To serve at least one request with the model's max seq len ({mml}), "
                 f"({need_gib:.2f} GiB KV cache is needed, which is larger than the available KV cache memory "
                 f"({plan.kv / GIB:.2f} GiB). Based on the available memory, the estimated maximum model length is "
-                f"{plan.kv_tokens}. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when "
-                "initializing the engine.\nRuntimeError: Engine core initialization failed. See root cause above.",
+                f"{plan.kv_tokens}. Try increasing `gpu_memory_utilization` (which also controls CPU memory on the "
+                f"CPU backend) or decreasing `max_model_len` when initializing the engine. See {DOCS_MEMORY} for "
+                "more details.\nRuntimeError: Engine core initialization failed. See root cause above.",
                 elapsed_s=t)
         if not c["enforce_eager"]:
             t += cal.graph_capture_s
@@ -246,7 +249,7 @@ class _Simulation:
         self.m, self.cal, self.gpu, self.c, self.wl = e.model, e.cal, e.gpu, c, workload
         self.rng = server.rng
         self.trial_factor = float(self.rng.lognormal(0.0, self.cal.trial_noise_sigma))
-        self.noise = self.rng.lognormal(0.0, self.cal.step_noise_sigma, size=4096)
+        self.noise = self._noise_block()
         self.noise_i = 0
         self.free_blocks = server.plan.num_blocks
         self.total_blocks = server.plan.num_blocks
@@ -276,6 +279,13 @@ class _Simulation:
         self.overhead_mixed = cal.step_overhead_s + m.num_layers * (
             cal.eager_per_layer_s if eager else cal.piecewise_per_layer_s)
         self.overhead_eager = cal.step_overhead_s + m.num_layers * cal.eager_per_layer_s
+
+    def _noise_block(self, n: int = 4096) -> np.ndarray:
+        """Per-step time multipliers: log-normal jitter plus rare host hiccups (the real ITL tail)."""
+        cal = self.cal
+        noise = self.rng.lognormal(0.0, cal.step_noise_sigma, size=n)
+        noise[self.rng.random(n) < cal.hiccup_prob] *= cal.hiccup_factor
+        return noise
 
     # ------------------------------------------------------------------ KV blocks
     def _blocks_for(self, seq: _Seq, tokens: int) -> int:
@@ -316,13 +326,14 @@ class _Simulation:
         in_flight = 0
 
         slot_free_at = 0.0  # when a blocked client last got a concurrency slot back
+        frontend_free_at = 0.0  # the API server admits new requests one at a time
 
         def next_send_time() -> float:
             return max(slot_free_at, 0.0 if wl.closed_loop else reqs[next_req].arrival_s)
 
         def top_up(t: float) -> None:
             """Send every request the client would have sent by time ``t``."""
-            nonlocal next_req, in_flight
+            nonlocal next_req, in_flight, frontend_free_at
             while next_req < len(reqs) and in_flight < wl.concurrency and next_send_time() <= t:
                 r, send_t = reqs[next_req], next_send_time()
                 next_req += 1
@@ -336,7 +347,8 @@ class _Simulation:
                     continue
                 in_flight += 1
                 seqs[r.index] = _Seq(r, send_t)
-                heapq.heappush(pending, (send_t + cal.request_overhead_s / 2, r.index))
+                frontend_free_at = max(frontend_free_at, send_t + cal.request_overhead_s / 2) + cal.admit_serial_s
+                heapq.heappush(pending, (frontend_free_at, r.index))
 
         def finish_client(t: float) -> None:
             nonlocal in_flight, slot_free_at
@@ -439,7 +451,7 @@ class _Simulation:
                 overhead = self.overhead_eager
             overhead += cal.per_seq_overhead_s * len(sched)
             if self.noise_i == len(self.noise):
-                self.noise = self.rng.lognormal(0.0, cal.step_noise_sigma, size=4096)
+                self.noise = self._noise_block()
                 self.noise_i = 0
             dt = (max(compute, memory) + overhead) * self.trial_factor * self.noise[self.noise_i]
             self.noise_i += 1

@@ -152,8 +152,7 @@ class VllmServer:
         text = self.log_path.read_text(errors="replace")
         c = classify_log(text, returncode=self.proc.poll())
         cls = c.crash_class if c.crash_class != "unknown" else default
-        first = c.excerpt.strip().splitlines()[-1] if c.excerpt.strip() else default
-        return EngineCrash(cls, first, elapsed_s=elapsed, phase=phase, log_excerpt=c.excerpt)  # type: ignore[arg-type]
+        return EngineCrash(cls, c.line, elapsed_s=elapsed, phase=phase, log_excerpt=c.excerpt)  # type: ignore[arg-type]
 
     def wait_ready(self, timeout_s: float) -> None:
         while True:

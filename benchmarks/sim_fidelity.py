@@ -1,0 +1,53 @@
+"""Simulator vs every real point recorded on the H100 (results/h100/calibration.jsonl).
+
+    python benchmarks/sim_fidelity.py [--data results/h100/calibration.jsonl]
+
+Prints sim, real and relative error per point and metric, then the median and worst |error| per metric
+(only target rows, see sloguard_lib/fidelity.py) and the crash-verdict agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sloguard_lib.engine.calibration import H100_REFERENCE
+from sloguard_lib.fidelity import DEFAULT_DATA, compare, load_points, summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    args = ap.parse_args()
+    rows = compare(load_points(args.data))
+    print(f"{'point':24s} {'conc':>4s} {'metric':16s} {'sim':>12s} {'real':>12s} {'error':>8s}")
+    for r in rows:
+        err = "" if r.rel_error is None else f"{r.rel_error:+8.1%}"
+        sim = r.sim if isinstance(r.sim, str) else f"{r.sim:12.1f}"
+        real = r.real if isinstance(r.real, str) else f"{r.real:12.1f}"
+        flag = "" if r.is_target else f"  (real server had {r.cached:.0%} of prompts cached: not a target)"
+        print(f"{r.name:24s} {r.concurrency or '':>4} {r.metric:16s} {sim:>12s} {real:>12s} {err:>8s}{flag}")
+    s = summary(rows)
+    print("\nmetric             median |err|   worst |err|   points")
+    for metric, v in s.items():
+        if isinstance(v, dict):
+            print(f"{metric:18s} {v['median']:12.1%} {v['worst']:13.1%} {v['n']:8d}")
+    print(f"crash verdict agreement: {s['crash_agreement']:.0%}")
+    readme_figures(load_points(args.data))
+
+
+def readme_figures(points: list[dict]) -> None:  # type: ignore[type-arg]
+    """The figures in shared/gpu/README.md next to our own real measurement of the same config."""
+    ours: dict[int, dict[str, float]] = {}
+    for p in points:  # the first (least prefix-cached) reference load at each concurrency
+        if p.get("name") == "reference" and p["status"] == "ok":
+            ours.setdefault(p["workload"]["concurrency"], p["metrics"])
+    print("\nshared/gpu/README.md figures (another harness) vs this harness on the same server config:")
+    for ref in H100_REFERENCE:
+        c = int(ref["concurrency"] or 0)
+        for key, value in ref.items():
+            if key != "concurrency" and value is not None and c in ours:
+                print(f"  c={c:<3d} {key:18s} README {float(value):9.1f}   ours {ours[c][key]:9.1f}")
+
+
+if __name__ == "__main__":
+    main()

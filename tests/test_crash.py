@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sloguard_lib.crash import classify_log
+
+CORPUS = sorted((Path(__file__).parent / "data" / "crash_logs").glob("*/*.log"))
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_real_logs_are_classified_as_labelled(path: Path) -> None:
+    c = classify_log(path.read_text(errors="replace"), returncode=1)
+    assert c.crash_class == path.parent.name
+    assert c.line in c.excerpt and c.line in path.read_text()
+
+
+def test_corpus_is_not_empty() -> None:
+    assert len(CORPUS) >= 3
+
+
+@pytest.mark.parametrize(("text", "rc", "cls"), [
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", 1, "oom"),
+    ("RuntimeError: CUDA error: an illegal memory access was encountered", 1, "cuda_error"),
+    ("vllm serve: error: unrecognized arguments: --max-num-seq 8", 2, "invalid_config"),
+    ("INFO starting\nINFO loading weights", -9, "killed"),
+    ("INFO starting\nsomething odd", 1, "unknown"),
+])
+def test_rules(text: str, rc: int, cls: str) -> None:
+    assert classify_log(text, returncode=rc).crash_class == cls
