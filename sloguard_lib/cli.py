@@ -24,7 +24,7 @@ from .runner import StudyResult, StudySpec, default_space, log_path_for, run_stu
 from .slo import SLO
 from .space import SearchSpace, load_space_file, parse_range_override
 from .trial import evaluate, trial_seed
-from .workload import parse_workload
+from .workload import Workload, parse_workload
 
 EXIT_INPUT = 2
 EXIT_CRASH = 1
@@ -86,8 +86,8 @@ def _slo(args: argparse.Namespace) -> SLO:
     return SLO(args.slo_ttft_p99, args.slo_itl_p99, args.slo_e2e_p99, args.slo_tpot_p99)
 
 
-def _space(args: argparse.Namespace, gpu: str) -> SearchSpace:
-    space = default_space(args.model, gpu)
+def _space(args: argparse.Namespace, gpu: str, workload: Workload) -> SearchSpace:
+    space = default_space(args.model, gpu, workload)
     overrides: dict[str, dict[str, Any]] = {}
     if args.space:
         overrides |= load_space_file(args.space)
@@ -102,9 +102,9 @@ def _space(args: argparse.Namespace, gpu: str) -> SearchSpace:
 def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     gpu = args.gpu or _default_gpu()
     backend = args.backend or default_backend()
+    workload = parse_workload(args.workload)
     spec = StudySpec(model=args.model, gpu=gpu, optimizer=args.optimizer, seed=args.seed, budget=args.budget,
-                     backend=backend, slo=_slo(args), workload=parse_workload(args.workload),
-                     space=_space(args, gpu))
+                     backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload))
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu))
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
     console.print(f"[bold]SLO-Guard[/] {spec.optimizer} on {backend}: {spec.model} / {gpu}, "

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -235,6 +236,20 @@ def kv_budget_tokens(model: ModelShape, gpu: GpuProfile, gpu_memory_utilization:
     reserve = 0.25 * GIB
     free = gpu_memory_utilization * gpu.vram_gib * GIB - model.weight_bytes(quantization) - reserve
     return max(0, int(free // model.kv_bytes_per_token()))
+
+
+def memory_prior(model: ModelShape, gpu: GpuProfile) -> Callable[[Mapping[str, Any]], bool]:
+    """An optimistic "can this config start at all" test from the memory model alone.
+
+    Rejects a config only when even :func:`kv_budget_tokens` (the smallest plausible activation reserve)
+    cannot hold one ``max_model_len`` sequence, so it never vetoes a config that would really start.
+    """
+    def fits(config: Mapping[str, Any]) -> bool:
+        gmu = float(config.get("gpu_memory_utilization", 0.9))
+        tokens = kv_budget_tokens(model, gpu, gmu, str(config.get("quantization", "fp16")))
+        return tokens >= int(config.get("max_model_len", 0))
+
+    return fits
 
 
 def registry() -> dict[str, Path]:

@@ -18,7 +18,7 @@ from typing import Any
 from . import __version__
 from .engine import Engine, make_engine
 from .errors import InputError
-from .hardware import get_gpu, kv_budget_tokens, resolve_model
+from .hardware import get_gpu, kv_budget_tokens, memory_prior, resolve_model
 from .optimizers import Optimizer, Outcome, make_optimizer
 from .slo import SLO
 from .space import SearchSpace, build_serving_space
@@ -46,7 +46,7 @@ class StudySpec:
         if self.budget < 1:
             raise InputError(f"budget must be >= 1 trial, got {self.budget}")
         if self.space is None:
-            self.space = default_space(self.model, self.gpu)
+            self.space = default_space(self.model, self.gpu, self.workload)
 
     @property
     def study_id(self) -> str:
@@ -63,10 +63,12 @@ class StudySpec:
         }
 
 
-def default_space(model: str, gpu: str) -> SearchSpace:
+def default_space(model: str, gpu: str, workload: Workload | None = None) -> SearchSpace:
+    """The 8-knob space with ``max_model_len`` bounded by the GPU's KV budget and the workload's longest request."""
     shape, profile = resolve_model(model), get_gpu(gpu)
     cap = min(shape.max_position_embeddings, kv_budget_tokens(shape, profile, 0.95))
-    return build_serving_space(max_model_len_cap=cap)
+    floor = max((r.prompt_len + r.output_len for r in workload.requests()), default=0) if workload else None
+    return build_serving_space(max_model_len_cap=cap, max_model_len_floor=floor)
 
 
 def outcome_of(record: Mapping[str, Any]) -> Outcome:
@@ -110,7 +112,9 @@ def run_study(
 ) -> StudyResult:
     path = log_path_for(out_dir, spec)
     header = spec.header()
-    optimizer = make_optimizer(spec.optimizer, spec.space, spec.seed)  # type: ignore[arg-type]
+    assert spec.space is not None
+    prior = memory_prior(resolve_model(spec.model), get_gpu(spec.gpu))
+    optimizer = make_optimizer(spec.optimizer, spec.space, spec.seed, budget=spec.budget, prior=prior)
     done: list[dict[str, Any]] = []
     if path.exists() and path.stat().st_size > 0:
         if not resume:
@@ -119,7 +123,6 @@ def run_study(
         done = _replay(path, header, optimizer)
     log = TrialLog(path, header)
     engine = engine or make_engine(spec.backend, resolve_model(spec.model), get_gpu(spec.gpu))
-    assert spec.space is not None
     for n in range(len(done), spec.budget):
         proposal = optimizer.ask()
         config = spec.space.finalize(proposal.params)

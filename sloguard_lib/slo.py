@@ -15,9 +15,11 @@ Worked example: SLO TTFT 500 ms / ITL 100 ms; 4 requests of 100 output tokens ov
 = 2 x 100 / 2.0 = 100 tok/s (throughput 200 tok/s), request goodput = 1.0 req/s, attainment 50 %.
 The trial's TTFT p99 (~640 ms) also misses, so it is an ``slo_violation``, not feasible.
 
-Utility for the optimizer: feasible -> goodput; SLO miss -> goodput x 0.5 / (1 + worst relative
-excess), so misses rank below comparable feasible configs yet still point toward the boundary;
-crashes have no utility at all (optimizers record them as failures, never as zero).
+Utility for the optimizer: feasible -> goodput; SLO miss -> 0.5 x throughput / (1 + worst relative
+excess)^2, so misses rank below comparable feasible configs yet still point toward the SLO boundary
+(goodput alone is flat at zero for every hard miss); a miss with failed requests -> 0; crashes have no
+utility at all (optimizers record them as failures, never as zero). In the example above the worst
+excess is the ITL's, 140/100 - 1 = 0.4, so utility = 0.5 x 200 / 1.4^2 = 51 tok/s.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class SLO:
             feasible=worst <= 0 and failed == 0,
             worst_excess=worst,
             violated=sorted(k for k, v in excess.items() if v > 0) + (["failed_requests"] if failed else []),
+            throughput_tok_s=float(metrics.get("throughput_tok_s", 0.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,9 +112,14 @@ class SloVerdict:
     worst_excess: float  # max over SLO metrics of observed/threshold - 1 (<= 0 when all met)
     violated: list[str]
 
+    throughput_tok_s: float = 0.0
+
     @property
     def utility(self) -> float:
         if self.feasible:
             return self.goodput_tok_s
-        excess = self.worst_excess if math.isfinite(self.worst_excess) else 10.0
-        return self.goodput_tok_s * SLO_MISS_FACTOR / (1.0 + max(0.0, excess))
+        if not math.isfinite(self.worst_excess):
+            return 0.0
+        # throughput, not goodput: a config at 1.3x the ITL SLO may have zero goodput yet be one step
+        # from feasible; the squared distance keeps far misses low
+        return SLO_MISS_FACTOR * self.throughput_tok_s / (1.0 + max(0.0, self.worst_excess)) ** 2

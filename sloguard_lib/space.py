@@ -259,14 +259,26 @@ def build_serving_space(
     *,
     quantization_choices: Sequence[str] = ("fp16",),
     max_model_len_cap: int | None = None,
+    max_model_len_floor: int | None = None,
 ) -> SearchSpace:
     """The seed's 8-knob space.
 
     ``max_model_len_cap`` comes from the memory model (the KV tokens that fit at the top of the
     ``gpu_memory_utilization`` range, and the model's context length): a larger value can only crash.
+    ``max_model_len_floor`` is the workload's longest request (prompt + output): vLLM answers any longer
+    request with HTTP 400, so a smaller value can only fail requests.
     """
     mml_low, mml_high = MAX_MODEL_LEN_RANGE
     notes: list[str] = []
+    if max_model_len_floor is not None and max_model_len_floor > mml_low:
+        if max_model_len_cap is not None and max_model_len_floor > max_model_len_cap:
+            raise InputError(
+                f"knob 'max_model_len': the workload's longest request needs {max_model_len_floor} tokens but the "
+                f"GPU's KV budget holds only {max_model_len_cap}; shorten the workload or use a larger GPU"
+            )
+        notes.append(f"max_model_len raised to >= {max_model_len_floor}, the workload's longest request")
+        mml_low = max_model_len_floor
+        mml_high = max(mml_high, mml_low)
     if max_model_len_cap is not None and max_model_len_cap < mml_high:
         if max_model_len_cap < mml_low:
             raise InputError(

@@ -23,7 +23,8 @@ def test_docstring_worked_example() -> None:
     assert verdict.attainment == pytest.approx(0.5)
     assert not verdict.feasible
     assert verdict.violated == ["itl_p99_ms", "ttft_p99_ms"]
-    assert 0 < verdict.utility < verdict.goodput_tok_s * 0.5
+    assert verdict.worst_excess == pytest.approx(0.4)
+    assert verdict.utility == pytest.approx(0.5 * 200 / 1.4**2)
 
 
 def test_feasible_trial_utility_is_goodput() -> None:

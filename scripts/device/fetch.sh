@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 DEPS=${DEPS:-../shared/gpu/vllm-0.26.0-device-deps.txt}
 W=.devpkg/wheels
-mkdir -p "$W" .devpkg/parts
+rm -rf "$W" && mkdir -p "$W" .devpkg/parts  # fresh: a re-run must not leave two builds of one wheel
 plat=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
 for n in $(seq 5 39); do plat+=(--platform "manylinux_2_${n}_x86_64"); done
 pipdl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..space import SearchSpace
 from .base import Optimizer, Outcome, Proposal
-from .random_search import RandomSearch
-from .tpe import TPE
 
-OPTIMIZERS: dict[str, Callable[[SearchSpace, int], Optimizer]] = {
-    "random": RandomSearch,
-    "tpe": TPE,
+if TYPE_CHECKING:
+    from .guard import Prior
+
+#: name -> "module:Class"; imported on use, so a CLI run never pays for libraries it does not need
+OPTIMIZERS: dict[str, str] = {
+    "random": "random_search:RandomSearch",
+    "tpe": "tpe:TPE",
+    "tpe-constrained": "tpe:ConstrainedTPE",
+    "tba": "tba:TBA",
+    "tba-tpe": "tba_tpe:TBATPE",
 }
+#: the optimizers that use the study's context (budget, memory prior)
+CRASH_AWARE = ("tba", "tba-tpe")
 
 
-def make_optimizer(name: str, space: SearchSpace, seed: int) -> Optimizer:
+def make_optimizer(name: str, space: SearchSpace, seed: int, *, budget: int = 15,
+                   prior: Prior | None = None) -> Optimizer:
     try:
-        factory = OPTIMIZERS[name]
+        module, cls = OPTIMIZERS[name].split(":")
     except KeyError:
         raise InputError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}") from None
-    return factory(space, seed)
+    factory: Any = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    if name in CRASH_AWARE:
+        return factory(space, seed, budget=budget, prior=prior)  # type: ignore[no-any-return]
+    return factory(space, seed)  # type: ignore[no-any-return]
 
 
 __all__ = ["OPTIMIZERS", "Optimizer", "Outcome", "Proposal", "make_optimizer"]

@@ -9,6 +9,7 @@ told history alone and a replayed (resumed) study continues exactly as the unint
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import optuna
 from optuna.distributions import (
@@ -62,16 +63,40 @@ class TPE:
         phase = "startup" if len(self.study.trials) <= self.n_startup_trials else "tpe"
         return Proposal(params, phase=phase)
 
+    def _result(self, outcome: Outcome) -> tuple[TrialState, float | None, dict[str, float] | None]:
+        """(state, value, constraints) to record: crashes are failures that TPE ignores."""
+        if outcome.failed:
+            return TrialState.FAIL, None, None
+        return TrialState.COMPLETE, outcome.utility, None
+
     def tell(self, params: Config, outcome: Outcome) -> None:
+        state, value, constraints = self._result(outcome)
         trial = self._pending.pop(_key(params), None)
-        state = TrialState.FAIL if outcome.failed else TrialState.COMPLETE
-        value = None if outcome.failed else outcome.utility
         if trial is not None:
+            for key, c in (constraints or {}).items():
+                trial.set_constraint(key, c)
             self.study.tell(trial, value, state=state)
             return
-        # replayed from a log: add it as a finished trial with the same distributions
+        # replayed from a log (or warm-started): add it as a finished trial with the same distributions
         self.study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={n: self.dists[n] for n in params}, value=value, state=state))
+            params=params, distributions={n: self.dists[n] for n in params}, value=value, state=state,
+            constraints=constraints))
+
+
+class ConstrainedTPE(TPE):
+    """Optuna's own constraint handling (``Trial.set_constraint``, formerly ``constraints_func``): what an
+    Optuna user tries first.
+
+    Crashes are told as completed trials with utility 0 and a violated constraint (FAIL trials would be
+    invisible to the constraint model); SLO misses keep their penalised utility with a smaller violation.
+    """
+
+    name = "tpe-constrained"
+    VIOLATION: ClassVar[dict[str, float]] = {"ok": -1.0, "slo_violation": 0.5, "crash": 1.0, "error": 1.0}
+
+    def _result(self, outcome: Outcome) -> tuple[TrialState, float | None, dict[str, float] | None]:
+        value = 0.0 if outcome.utility is None else outcome.utility
+        return TrialState.COMPLETE, value, {"crash_or_slo": self.VIOLATION[outcome.status]}
 
 
 def _suggest(trial: optuna.trial.Trial, knob: Knob) -> object:

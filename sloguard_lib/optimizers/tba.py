@@ -1,0 +1,155 @@
+"""TBA: crash-aware simulated annealing over the mixed, conditional serving space.
+
+Each ``ask`` draws a batch of candidates -- space-filling random samples for the first ``n_init`` trials,
+then neighbours of the annealing state (log-scale steps for log knobs, Gaussian steps for floats, flips,
+re-draws for categoricals; the step size shrinks with the temperature) -- and discards every candidate
+the :class:`~.guard.CrashGuard` rejects (memory prior, learned blacklist, OOB-gated forest) or that was
+already tried. Among the survivors it picks the one a TPE-style density ratio l(x)/g(x) over the
+non-crashed trials likes best (good = top third by utility), so moves inside the feasible region follow
+what has worked. ``tell`` applies the Metropolis rule to move the annealing state and cools the
+temperature; a crash never becomes the state.
+
+Everything random is seeded from (seed, trial number), and the state is a function of the told history,
+so a replayed study continues exactly like the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.neighbors import KernelDensity
+
+from ..space import Config, Knob, SearchSpace
+from .base import Outcome, Proposal
+from .guard import CrashGuard, Prior
+
+
+class TBA:
+    name = "tba"
+
+    def __init__(self, space: SearchSpace, seed: int, *, budget: int = 15, prior: Prior | None = None,
+                 n_init: int = 3, t0: float = 1.0, cooling: float = 0.8, n_candidates: int = 48,
+                 gamma: float = 0.33) -> None:
+        self.space, self.seed, self.budget = space, seed, budget
+        self.guard = CrashGuard(space, seed, prior)
+        self.n_init, self.cooling, self.n_candidates, self.gamma = n_init, cooling, n_candidates, gamma
+        self.t0 = t0
+        self.history: list[tuple[Config, Outcome]] = []
+        self.current: Config | None = None
+        self.current_u = -math.inf
+        self.best: Config | None = None
+        self.best_u = -math.inf
+
+    @property
+    def temperature(self) -> float:
+        return self.t0 * self.cooling ** max(0, len(self.history) - self.n_init)
+
+    # ------------------------------------------------------------------ ask
+    def ask(self) -> Proposal:
+        n = len(self.history)
+        rng = np.random.default_rng((self.seed, n, 1))
+        exploring = n < self.n_init or self.current is None
+        if exploring:
+            candidates = [self.space.sample(rng) for _ in range(self.n_candidates)]
+        else:
+            assert self.current is not None and self.best is not None
+            base = self.best if rng.random() < 0.25 else self.current
+            candidates = [self.neighbour(base, rng) for _ in range(self.n_candidates)]
+        tried = {_key(p) for p, _ in self.history}
+        allowed = [c for c in candidates if _key(c) not in tried and self.guard.allows(c)]
+        if not allowed:  # the neighbourhood is exhausted or all predicted to crash: jump anywhere allowed
+            samples = (self.space.sample(rng) for _ in range(400))
+            allowed = [c for c in samples if _key(c) not in tried and self.guard.allows(c)][:self.n_candidates]
+            exploring = True
+        if not allowed:
+            return Proposal(candidates[0], phase="tba-forced")
+        pick = self._most_spread(allowed) if exploring else self._most_promising(allowed, rng)
+        return Proposal(pick, phase="tba-explore" if exploring else "tba-anneal")
+
+    def neighbour(self, params: Config, rng: np.random.Generator) -> Config:
+        """Mutate one knob (two when hot), then repair conditionality in knob order."""
+        active = [k for k in self.space.knobs if k.name in params and _mutable(k)]
+        n_moves = 2 if rng.random() < self.temperature * 0.5 else 1
+        chosen = {active[int(i)].name for i in rng.choice(len(active), size=min(n_moves, len(active)), replace=False)}
+        scale = 0.08 + 0.25 * self.temperature
+        out: Config = {}
+        for k in self.space.knobs:
+            if not self.space.is_active(k, out):
+                continue
+            if k.name not in params:
+                out[k.name] = k.sample(rng)  # newly active child knob
+            elif k.name in chosen:
+                out[k.name] = _step(k, params[k.name], scale, rng)
+            else:
+                out[k.name] = params[k.name]
+        return out
+
+    def _most_spread(self, candidates: list[Config]) -> Config:
+        """Space-filling: the candidate farthest from everything tried so far."""
+        if not self.history:
+            return candidates[0]
+        seen = np.stack([self.space.encode(p) for p, _ in self.history])
+        dists = [float(np.min(np.linalg.norm(seen - self.space.encode(c), axis=1))) for c in candidates]
+        return candidates[int(np.argmax(dists))]
+
+    def _most_promising(self, candidates: list[Config], rng: np.random.Generator) -> Config:
+        """TPE-style choice: maximise log l(x) - log g(x) over the non-crashed trials."""
+        scored = sorted(((o.utility, p) for p, o in self.history if o.utility is not None),
+                        key=lambda t: t[0], reverse=True)
+        if len(scored) < 3:
+            return candidates[int(rng.integers(len(candidates)))]
+        n_good = max(1, round(self.gamma * len(scored)))
+        x = np.stack([self.space.encode(c) for c in candidates])
+        good = np.stack([self.space.encode(p) for _, p in scored[:n_good]])
+        bad = np.stack([self.space.encode(p) for _, p in scored[n_good:]])
+        bandwidth = 0.1 + 0.15 * self.temperature
+        score = KernelDensity(bandwidth=bandwidth).fit(good).score_samples(x)
+        if len(bad):
+            score = score - KernelDensity(bandwidth=bandwidth).fit(bad).score_samples(x)
+        return candidates[int(np.argmax(score))]
+
+    # ------------------------------------------------------------------ tell
+    def tell(self, params: Config, outcome: Outcome) -> None:
+        n = len(self.history)
+        self.history.append((dict(params), outcome))
+        self.guard.observe(params, crashed=outcome.failed)
+        if outcome.utility is None:
+            return
+        u = outcome.utility
+        if u > self.best_u:
+            self.best, self.best_u = dict(params), u
+        rng = np.random.default_rng((self.seed, n, 2))
+        if self.current is None or u >= self.current_u:
+            accept = True
+        else:  # Metropolis on the utility relative to the best seen
+            delta = (u - self.current_u) / max(abs(self.best_u), 1e-9)
+            accept = rng.random() < math.exp(delta / max(0.05 * self.temperature, 1e-6))
+        if accept:
+            self.current, self.current_u = dict(params), u
+
+
+def _mutable(k: Knob) -> bool:
+    return k.kind in ("bool", "int", "float") or (k.kind == "categorical" and len(k.choices) > 1)
+
+
+def _step(k: Knob, value: object, scale: float, rng: np.random.Generator) -> object:
+    if k.kind == "bool":
+        return not value
+    if k.kind == "categorical":
+        others = [c for c in k.choices if c != value]
+        return others[int(rng.integers(len(others)))]
+    assert k.low is not None and k.high is not None and isinstance(value, int | float)
+    if k.log:
+        lo, hi = math.log(k.low), math.log(k.high)
+        raw = math.exp(min(hi, max(lo, math.log(value) + rng.normal(0, scale * (hi - lo)))))
+    else:
+        raw = value + rng.normal(0, scale * (k.high - k.low))
+    new = k.cast(raw)
+    if new == value and k.kind == "int":  # a zero step wastes a trial: nudge by one grid point
+        new = k.cast(value + (1 if rng.random() < 0.5 else -1))
+    return new
+
+
+def _key(params: Config) -> str:
+    return repr(sorted(params.items()))

@@ -1,0 +1,84 @@
+"""Multi-seed statistics of the SLO-Guard paper, shared by the benchmark suite and the analysis notebook.
+
+Definitions (the seed's, made exact):
+
+* **Latency** of a trial: its E2E p50 in ms (``LATENCY_METRIC``); crashed trials have none.
+* **Fast cluster**: the serving landscape is bimodal (CUDA graphs vs eager dominate), so the pooled
+  latencies of *all* trials being compared (every seed and optimizer of one scenario, so everyone is
+  judged by the same line) are split at the widest gap in log-latency; the fast cluster is everything
+  below the gap's geometric midpoint. With no gap of at least ``MIN_GAP_RATIO`` the distribution is not
+  bimodal and the fast cluster is "within ``FALLBACK_TOLERANCE`` of the best latency".
+* **Fast-cluster trials / budget**: how many of a run's trials landed in the fast cluster.
+* **Post-hit consistency**: after a run's first fast-cluster trial, the fraction of its *later* trials
+  that are also fast (NaN when the run never hits, or hits on its last trial).
+* p-values are two-sided Mann-Whitney U tests (scipy) across seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+LATENCY_METRIC = "e2e_p50_ms"
+MIN_GAP_RATIO = 1.25
+FALLBACK_TOLERANCE = 0.10
+
+
+def fast_cluster_threshold(latencies: Sequence[float]) -> float:
+    """The latency below which a trial is in the fast cluster (see module docstring)."""
+    vals = np.sort(np.asarray([v for v in latencies if v is not None and math.isfinite(v) and v > 0]))
+    if vals.size == 0:
+        return math.nan
+    if vals.size > 1:
+        logs = np.log(vals)
+        gaps = np.diff(logs)
+        i = int(np.argmax(gaps))
+        if math.exp(gaps[i]) >= MIN_GAP_RATIO:
+            return float(math.exp((logs[i] + logs[i + 1]) / 2))
+    return float(vals[0] * (1 + FALLBACK_TOLERANCE))
+
+
+def fast_flags(latencies: Sequence[float | None], threshold: float) -> list[bool]:
+    return [v is not None and math.isfinite(v) and v <= threshold for v in latencies]
+
+
+def post_hit_consistency(flags: Sequence[bool]) -> float:
+    if True not in flags:
+        return math.nan
+    after = list(flags)[list(flags).index(True) + 1:]
+    return sum(after) / len(after) if after else math.nan
+
+
+def trials_to_reach(best_so_far: Sequence[float], target: float) -> int | None:
+    """1-based trial count at which the running best first reaches ``target`` (None if never)."""
+    for i, v in enumerate(best_so_far, start=1):
+        if v >= target:
+            return i
+    return None
+
+
+def best_so_far(values: Sequence[float | None]) -> list[float]:
+    out, best = [], 0.0
+    for v in values:
+        if v is not None and math.isfinite(v):
+            best = max(best, v)
+        out.append(best)
+    return out
+
+
+def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:
+    a_ = [x for x in a if math.isfinite(x)]
+    b_ = [x for x in b if math.isfinite(x)]
+    if not a_ or not b_ or (len(set(a_)) == 1 and set(a_) == set(b_)):
+        return math.nan if not a_ or not b_ else 1.0
+    return float(mannwhitneyu(a_, b_, alternative="two-sided").pvalue)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
