@@ -76,6 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quantization", default=None)
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
+    batch = sub.add_parser("batch", help="plan or run a seeds x optimizers batch of notebook studies")
+    bsub = batch.add_subparsers(dest="batch_command", required=True)
+    bplan = bsub.add_parser("plan", help="write one papermill parameter file per (seed, optimizer) pair")
+    _common(bplan)
+    bplan.add_argument("--name", default="multiseed", help="batch name: papermill_params/NAME, results/NAME")
+    bplan.add_argument("--seeds", type=int, nargs="+", default=[42, 142, 242, 342, 442])
+    bplan.add_argument("--optimizers", nargs="+", default=["random", "tba-tpe"])
+    bplan.add_argument("--budget", type=int, default=15)
+    brun = bsub.add_parser("run", help="execute notebooks/tune.ipynb for every pending pair (resumable)")
+    brun.add_argument("--name", default="multiseed")
+    brun.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+
+    rep = sub.add_parser("report", help="multi-seed statistics, summary.json and figures of a results dir")
+    rep.add_argument("--results-dir", default="results/multiseed")
+    rep.add_argument("--output", default="figures/multiseed")
+    rep.add_argument("--baseline", default="random")
+
     space = sub.add_parser("space", help="print the search space for a model and GPU")
     space.add_argument("--model", default="qwen2-1.5b")
     space.add_argument("--gpu", default=None, choices=sorted(GPUS))
@@ -166,6 +183,32 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return EXIT_CRASH if rec["status"] == "crash" else 0
 
 
+def cmd_batch(args: argparse.Namespace, console: Console) -> int:
+    from . import batch
+
+    if args.batch_command == "plan":
+        for opt in args.optimizers:
+            if opt not in OPTIMIZERS:
+                raise InputError(f"unknown optimizer {opt!r}; available: {', '.join(OPTIMIZERS)}")
+        files = batch.plan(args.name, args.seeds, args.optimizers, budget=args.budget,
+                           backend=args.backend or default_backend(), model=args.model,
+                           gpu=args.gpu or _default_gpu(), slo=_slo(args), workload=args.workload)
+        console.print(f"planned {len(files)} studies in papermill_params/{args.name}/")
+        return 0
+    logs = batch.run(f"papermill_params/{args.name}", kernel=args.kernel)
+    console.print(f"{len(logs)} study logs complete in {logs[0].parent if logs else '-'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from .report import build_report
+
+    summ = build_report(args.results_dir, args.output, args.baseline)
+    console.print(summ["table"])
+    console.print(f"summary: {args.results_dir}/summary.json; figures: {', '.join(summ['figures'])}")
+    return 0
+
+
 def cmd_space(args: argparse.Namespace, console: Console) -> int:
     space = default_space(args.model, args.gpu or _default_gpu())
     table = Table("knob", "type", "range / choices", "active when")
@@ -183,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=args.command == "bench")
     try:
-        return {"tune": cmd_tune, "bench": cmd_bench, "space": cmd_space}[args.command](args, console)
+        commands = {"tune": cmd_tune, "bench": cmd_bench, "batch": cmd_batch, "report": cmd_report, "space": cmd_space}
+        return commands[args.command](args, console)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT

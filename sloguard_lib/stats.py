@@ -4,10 +4,11 @@ Definitions (the seed's, made exact):
 
 * **Latency** of a trial: its E2E p50 in ms (``LATENCY_METRIC``); crashed trials have none.
 * **Fast cluster**: the serving landscape is bimodal (CUDA graphs vs eager dominate), so the pooled
-  latencies of *all* trials being compared (every seed and optimizer of one scenario, so everyone is
-  judged by the same line) are split at the widest gap in log-latency; the fast cluster is everything
-  below the gap's geometric midpoint. With no gap of at least ``MIN_GAP_RATIO`` the distribution is not
-  bimodal and the fast cluster is "within ``FALLBACK_TOLERANCE`` of the best latency".
+  log-latencies of *all* trials being compared (every seed and optimizer of one scenario, so everyone is
+  judged by the same line) are split into two classes by the natural break that minimises the
+  within-class sum of squares (1-D two-means); the fast cluster is the lower class. When the two class
+  means are less than ``MIN_GAP_RATIO`` apart the distribution is not bimodal and the fast cluster is
+  "within ``FALLBACK_TOLERANCE`` of the best latency".
 * **Fast-cluster trials / budget**: how many of a run's trials landed in the fast cluster.
 * **Post-hit consistency**: after a run's first fast-cluster trial, the fraction of its *later* trials
   that are also fast (NaN when the run never hits, or hits on its last trial).
@@ -34,10 +35,11 @@ def fast_cluster_threshold(latencies: Sequence[float]) -> float:
         return math.nan
     if vals.size > 1:
         logs = np.log(vals)
-        gaps = np.diff(logs)
-        i = int(np.argmax(gaps))
-        if math.exp(gaps[i]) >= MIN_GAP_RATIO:
-            return float(math.exp((logs[i] + logs[i + 1]) / 2))
+        # two-class natural break: the split that minimises the within-class sum of squares (1-D k-means)
+        sse = [logs[:i].var() * i + logs[i:].var() * (len(logs) - i) for i in range(1, len(logs))]
+        i = int(np.argmin(sse)) + 1
+        if math.exp(logs[i:].mean() - logs[:i].mean()) >= MIN_GAP_RATIO:
+            return float(math.exp((logs[i - 1] + logs[i]) / 2))
     return float(vals[0] * (1 + FALLBACK_TOLERANCE))
 
 

@@ -145,3 +145,15 @@ def parse_workload(spec: str | None, base: Workload | None = None) -> Workload:
         except ValueError:
             raise InputError(f"workload: {key}={raw!r} is not a number") from None
     return Workload(**values)
+
+
+def workload_from(value: str | Mapping[str, Any] | Workload) -> Workload:
+    """A workload from a CLI spec string, a mapping of its fields (notebook and YAML parameters) or itself."""
+    if isinstance(value, Workload):
+        return value
+    if isinstance(value, str):
+        return parse_workload(value)
+    unknown = set(value) - set(_FIELDS)
+    if unknown:
+        raise InputError(f"workload: unknown field(s) {sorted(unknown)}; known: {', '.join(_FIELDS)}")
+    return Workload.from_dict(Workload().to_dict() | dict(value))

@@ -66,3 +66,49 @@ def test_tpe_exploits_after_startup() -> None:
 def test_unknown_optimizer() -> None:
     with pytest.raises(InputError, match="unknown optimizer 'bayes'"):
         make_optimizer("bayes", SPACE, 0)
+
+
+def test_crash_guard_learns_a_blacklist_and_gates_the_forest() -> None:
+    from sloguard_lib.optimizers.guard import CrashGuard
+
+    guard = CrashGuard(SPACE, seed=0)
+    rng = __import__("numpy").random.default_rng(0)
+    base = SPACE.sample(rng)
+    for gmu in (0.60, 0.62, 0.64):
+        guard.observe(base | {"gpu_memory_utilization": gmu}, crashed=True)
+    guard.observe(base | {"gpu_memory_utilization": 0.80}, crashed=False)
+    assert any(str(r) == "gpu_memory_utilization <= 0.64" for box in guard.blacklist for r in box)
+    assert not guard.allows(base | {"gpu_memory_utilization": 0.63})
+    assert guard.allows(base | {"gpu_memory_utilization": 0.90})
+    assert guard.oob_score is None  # 4 samples: too few for the forest to be trusted
+    for i in range(12):
+        gmu = 0.60 + 0.01 * i
+        guard.observe(base | {"gpu_memory_utilization": round(gmu, 2)}, crashed=gmu < 0.7)
+        guard.observe(base | {"gpu_memory_utilization": round(gmu + 0.25, 2)}, crashed=False)
+    assert guard.oob_score is not None and guard.oob_score >= guard.oob_threshold
+    assert guard.crash_probability(base | {"gpu_memory_utilization": 0.61}) > 0.5
+    assert guard.crash_probability(base | {"gpu_memory_utilization": 0.93}) < 0.5
+
+
+def test_memory_prior_keeps_impossible_configs_from_launching() -> None:
+    from sloguard_lib.hardware import get_gpu, memory_prior, resolve_model
+
+    fits = memory_prior(resolve_model("llama-3.1-8b"), get_gpu("l4-24gb"))
+    opt = make_optimizer("tba", SPACE, 0, prior=fits)
+    for _ in range(15):
+        params = opt.ask().params
+        assert fits(SPACE.finalize(params))
+        opt.tell(params, Outcome("ok", 1.0))
+
+
+def test_tba_tpe_switches_phase_and_records_it() -> None:
+    opt = make_optimizer("tba-tpe", SPACE, 2, budget=15)
+    phases = []
+    for _ in range(12):
+        p = opt.ask()
+        phases.append(p.phase)
+        opt.tell(p.params, Outcome("ok", float(p.params["max_num_seqs"])))
+    assert phases[0].startswith("tba") and phases[-1] == "tpe"
+    switch = phases.index("tpe")
+    assert switch == 6  # 40% of the budget, with >= 3 feasible trials by then
+    assert all(ph == "tpe" for ph in phases[switch:])

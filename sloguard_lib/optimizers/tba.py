@@ -29,7 +29,7 @@ class TBA:
     name = "tba"
 
     def __init__(self, space: SearchSpace, seed: int, *, budget: int = 15, prior: Prior | None = None,
-                 n_init: int = 3, t0: float = 1.0, cooling: float = 0.8, n_candidates: int = 48,
+                 n_init: int = 4, t0: float = 1.0, cooling: float = 0.8, n_candidates: int = 48,
                  gamma: float = 0.33) -> None:
         self.space, self.seed, self.budget = space, seed, budget
         self.guard = CrashGuard(space, seed, prior)
@@ -54,8 +54,12 @@ class TBA:
             candidates = [self.space.sample(rng) for _ in range(self.n_candidates)]
         else:
             assert self.current is not None and self.best is not None
-            base = self.best if rng.random() < 0.25 else self.current
-            candidates = [self.neighbour(base, rng) for _ in range(self.n_candidates)]
+            # half around the annealing state, a quarter around the best, a quarter anywhere: the density
+            # ratio below decides, so a far candidate wins when the history says that region is better
+            q = self.n_candidates // 4
+            candidates = ([self.neighbour(self.current, rng) for _ in range(2 * q)]
+                          + [self.neighbour(self.best, rng) for _ in range(q)]
+                          + [self.space.sample(rng) for _ in range(self.n_candidates - 3 * q)])
         tried = {_key(p) for p, _ in self.history}
         allowed = [c for c in candidates if _key(c) not in tried and self.guard.allows(c)]
         if not allowed:  # the neighbourhood is exhausted or all predicted to crash: jump anywhere allowed

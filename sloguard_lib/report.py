@@ -1,0 +1,191 @@
+"""Multi-seed analysis of a results directory: the paper's table, ``summary.json`` and its figures.
+
+Every ``*.jsonl`` trial log under the directory is one (seed, optimizer) study. Statistics use the
+definitions in :mod:`sloguard_lib.stats`; the fast-cluster threshold is computed once over all trials
+of the directory so every optimizer is judged by the same line. Used by ``sloguard report`` and by
+``notebooks/analysis.ipynb`` (which only calls these functions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import stats
+from .errors import InputError
+from .trial_log import read_log
+
+
+def load_trials(results_dir: str | Path) -> pd.DataFrame:
+    """One row per trial of every log under ``results_dir`` (recursively), with metrics flattened."""
+    rows = []
+    logs = sorted(Path(results_dir).rglob("*.jsonl"))
+    for path in logs:
+        contents = read_log(path)
+        for t in contents.trials:
+            m = t.get("metrics") or {}
+            rows.append({
+                "log": str(path), "study_id": t["study_id"], "optimizer": t["optimizer"], "seed": t["seed"],
+                "trial": t["trial"], "phase": t.get("phase"), "status": t["status"],
+                "crash_class": t.get("crash_class"), "utility": t.get("utility"),
+                "goodput_tok_s": m.get("goodput_tok_s"), "throughput_tok_s": m.get("throughput_tok_s"),
+                "ttft_p99_ms": m.get("ttft_p99_ms"), "itl_p99_ms": m.get("itl_p99_ms"),
+                "latency_ms": m.get(stats.LATENCY_METRIC) if t["status"] != "crash" else None,
+                "gpu_seconds": t.get("gpu_seconds"), **{f"knob.{k}": v for k, v in (t.get("config") or {}).items()},
+            })
+    if not rows:
+        raise InputError(f"no trial logs (*.jsonl with trials) under {str(results_dir)!r}")
+    return pd.DataFrame(rows)
+
+
+def per_run(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (optimizer, seed) run with the paper's per-run statistics."""
+    threshold = stats.fast_cluster_threshold(df["latency_ms"].dropna().tolist())
+    out = []
+    for (opt, seed), run in df.sort_values("trial").groupby(["optimizer", "seed"]):
+        lat = [None if pd.isna(v) else float(v) for v in run["latency_ms"]]
+        flags = stats.fast_flags(lat, threshold)
+        ok = run[run.status == "ok"]
+        out.append({
+            "optimizer": opt, "seed": seed, "trials": len(run), "fast_trials": sum(flags),
+            "post_hit_consistency": stats.post_hit_consistency(flags),
+            "best_latency_ms": min((v for v in lat if v is not None), default=math.nan),
+            "best_goodput_tok_s": float(ok["utility"].max()) if len(ok) else 0.0,
+            "feasible": int((run.status == "ok").sum()), "crashes": int((run.status == "crash").sum()),
+        })
+    return pd.DataFrame(out).assign(fast_threshold_ms=threshold)
+
+
+def summary(runs: pd.DataFrame, baseline: str | None = None) -> dict[str, Any]:
+    """Mean ± sd per optimizer and two-sided Mann-Whitney p-values against ``baseline`` (default: random)."""
+    optimizers = sorted(runs.optimizer.unique())
+    base_name = str(baseline) if baseline in optimizers else ("random" if "random" in optimizers else optimizers[0])
+    base = runs[runs.optimizer == base_name]
+    metrics = ("fast_trials", "post_hit_consistency", "best_latency_ms", "best_goodput_tok_s")
+    out: dict[str, Any] = {"baseline": base_name, "fast_threshold_ms": float(runs.fast_threshold_ms.iloc[0]),
+                           "optimizers": {}}
+    for opt in optimizers:
+        r = runs[runs.optimizer == opt]
+        entry: dict[str, Any] = {"n_seeds": len(r), "trials": int(r.trials.sum()),
+                                 "feasible": int(r.feasible.sum()), "crashes": int(r.crashes.sum())}
+        for m in metrics:
+            mean, sd = stats.mean_std(r[m].astype(float).tolist())
+            entry[m] = {"mean": mean, "sd": sd}
+            if opt != base_name:
+                entry[m]["p_vs_" + base_name] = stats.mann_whitney_p(r[m].astype(float).tolist(),
+                                                                     base[m].astype(float).tolist())
+        out["optimizers"][opt] = entry
+    return out
+
+
+def paper_table(summ: dict[str, Any]) -> pd.DataFrame:
+    """The seed's table: metrics as rows, optimizers as columns, plus the Mann-Whitney p column."""
+    base = summ["baseline"]
+    others = [o for o in summ["optimizers"] if o != base]
+    cols = [base, *others]
+    rows = {}
+    labels = {"fast_trials": "Fast-cluster trials", "post_hit_consistency": "Post-hit consistency",
+              "best_latency_ms": "Best latency (ms)", "best_goodput_tok_s": "Best goodput (tok/s)"}
+    for key, label in labels.items():
+        fmt = ".3f" if key == "post_hit_consistency" else ".2f"
+        row = {o: f"{summ['optimizers'][o][key]['mean']:{fmt}} ± {summ['optimizers'][o][key]['sd']:{fmt}}"
+               for o in cols}
+        for o in others:
+            row[f"p ({o} vs {base})"] = f"{summ['optimizers'][o][key].get('p_vs_' + base, math.nan):.3g}"
+        rows[label] = row
+    rows["Feasibility"] = {o: f"{summ['optimizers'][o]['feasible']} / {summ['optimizers'][o]['trials']}"
+                           for o in cols}
+    rows["Crashes"] = {o: str(summ["optimizers"][o]["crashes"]) for o in cols}
+    return pd.DataFrame(rows).T.fillna("—")
+
+
+def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Convergence, best-so-far, latency distribution, crash map and per-knob effects, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    threshold = float(runs.fast_threshold_ms.iloc[0])
+    d = df.sort_values("trial").copy()
+    d["best_so_far"] = d.groupby(["optimizer", "seed"])["utility"].transform(
+        lambda s: pd.Series(stats.best_so_far([None if pd.isna(v) else v for v in s]), index=s.index))
+    d["trial_1"] = d["trial"] + 1
+
+    def save(fig: Any, name: str) -> None:
+        path = out / name
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+
+    g = sns.relplot(data=d, x="trial_1", y="best_so_far", hue="optimizer", col="optimizer", units="seed",
+                    estimator=None, kind="line", height=3.2, aspect=1.2, alpha=0.7)
+    g.set_axis_labels("trial", "best feasible goodput so far (tok/s)")
+    for ax in g.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    g.figure.suptitle("Convergence per seed (one line per seed)", y=1.03)
+    save(g.figure, "convergence_per_seed.png")
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    sns.lineplot(data=d, x="trial_1", y="best_so_far", hue="optimizer", errorbar=("ci", 95), ax=ax)
+    ax.set(xlabel="trial", ylabel="best feasible goodput so far (tok/s)", title="Best-so-far, mean and 95% CI")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    save(fig, "best_so_far.png")
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    lat = d.dropna(subset=["latency_ms"])
+    sns.histplot(data=lat, x="latency_ms", hue="optimizer", log_scale=True, bins=30, element="step", ax=ax)
+    if math.isfinite(threshold):
+        ax.axvline(threshold, color="black", ls="--", lw=1)
+        ax.text(threshold, ax.get_ylim()[1] * 0.9, " fast-cluster threshold", fontsize=8)
+    ax.set(xlabel=f"trial latency ({stats.LATENCY_METRIC.replace('_ms', '')}, ms, log scale)", ylabel="trials",
+           title="Latency distribution (bimodal fast cluster)")
+    save(fig, "latency_distribution.png")
+
+    if {"knob.gpu_memory_utilization", "knob.max_model_len"} <= set(d.columns):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        sns.scatterplot(data=d, x="knob.gpu_memory_utilization", y="knob.max_model_len", hue="status",
+                        style="status", s=45, ax=ax, hue_order=["ok", "slo_violation", "crash", "error"])
+        ax.set(xlabel="gpu_memory_utilization", ylabel="max_model_len (tokens)", yscale="log",
+               title="Crash map over memory knobs")
+        save(fig, "crash_map.png")
+
+    knobs = [c for c in d.columns if c.startswith("knob.") and d[c].nunique() > 1]
+    if knobs:
+        cols = 3
+        rows = math.ceil(len(knobs) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        nc = d[d.status != "crash"]
+        for i, (ax, knob) in enumerate(zip(axes.flat, knobs, strict=False)):
+            legend = i == 0
+            if nc[knob].dtype == bool or nc[knob].dtype == object:
+                sns.stripplot(data=nc, x=knob, y="goodput_tok_s", hue="optimizer", ax=ax, size=4, legend=legend)
+            else:
+                sns.scatterplot(data=nc, x=knob, y="goodput_tok_s", hue="optimizer", ax=ax, s=20, legend=legend)
+            ax.set(xlabel=knob.removeprefix("knob."), ylabel="goodput (tok/s)")
+        for ax in list(axes.flat)[len(knobs):]:
+            ax.axis("off")
+        fig.suptitle("Per-knob effect on goodput (non-crashed trials)")
+        fig.tight_layout()
+        save(fig, "knob_effects.png")
+    return paths
+
+
+def build_report(results_dir: str | Path, output: str | Path, baseline: str | None = None) -> dict[str, Any]:
+    """Everything ``sloguard report`` produces: summary.json in the results dir, figures in ``output``."""
+    df = load_trials(results_dir)
+    runs = per_run(df)
+    summ = summary(runs, baseline)
+    (Path(results_dir) / "summary.json").write_text(json.dumps(summ, indent=2, default=float))
+    summ["figures"] = [str(p) for p in write_figures(df, runs, output)]
+    summ["table"] = paper_table(summ).to_string()
+    return summ

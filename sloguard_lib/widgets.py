@@ -1,0 +1,108 @@
+"""ipywidgets trial inspector for ``notebooks/inspect.ipynb``.
+
+Study and status dropdowns filter a trial list; selecting a trial shows its config, metrics, SLO
+verdict, crash class and log excerpt; two knob dropdowns drive a scatter of all trials of the study,
+coloured by goodput with crashes marked. All state lives in this class so it can be driven (and tested)
+without a browser: set ``study.value``/``trial.value`` and read ``detail.value``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+
+from .errors import InputError
+from .trial_log import read_log
+
+STATUSES = ("all", "ok", "slo_violation", "crash", "error")
+
+
+class TrialInspector:
+    def __init__(self, results_dir: str | Path) -> None:
+        self.logs = {str(p): read_log(p) for p in sorted(Path(results_dir).rglob("*.jsonl"))}
+        self.logs = {k: v for k, v in self.logs.items() if v.trials}
+        if not self.logs:
+            raise InputError(f"no trial logs with trials under {str(results_dir)!r}")
+        self.study = w.Dropdown(options=list(self.logs), description="study", layout=w.Layout(width="95%"))
+        self.status = w.Dropdown(options=STATUSES, value="all", description="status")
+        self.trial = w.Select(description="trial", rows=10)
+        self.detail = w.HTML()
+        knobs = self._knobs()
+        self.x = w.Dropdown(options=knobs, value=_pick(knobs, "gpu_memory_utilization"), description="x")
+        self.y = w.Dropdown(options=knobs, value=_pick(knobs, "max_model_len"), description="y")
+        self.plot = w.Output()
+        for control in (self.study, self.status):
+            control.observe(lambda _: self._refresh_trials(), names="value")
+        self.trial.observe(lambda _: self._show_trial(), names="value")
+        for control in (self.x, self.y):
+            control.observe(lambda _: self._draw(), names="value")
+        self.widget = w.VBox([self.study, w.HBox([self.status, self.x, self.y]), w.HBox([self.trial, self.detail]),
+                              self.plot])
+        self._refresh_trials()
+
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        return self.logs[self.study.value].trials
+
+    def _knobs(self) -> list[str]:
+        names: dict[str, None] = {}
+        for contents in self.logs.values():
+            for t in contents.trials:
+                names.update(dict.fromkeys(t.get("config") or {}))
+        return list(names)
+
+    def _refresh_trials(self) -> None:
+        chosen = [t for t in self.trials if self.status.value in ("all", t["status"])]
+        self.trial.options = [(f"{t['trial']:>3}  {t['status']}", t["trial"]) for t in chosen]
+        self.trial.value = chosen[0]["trial"] if chosen else None
+        self._show_trial()
+        self._draw()
+
+    def _show_trial(self) -> None:
+        t = next((t for t in self.trials if t["trial"] == self.trial.value), None)
+        if t is None:
+            self.detail.value = "<i>no trial with this status</i>"
+            return
+        m = t.get("metrics") or {}
+        verdict = {"ok": "met the SLO", "slo_violation": f"missed the SLO: {', '.join(t.get('violated') or [])}",
+                   "crash": f"crashed: {t.get('crash_class')}", "error": "harness error"}[t["status"]]
+        keys = ("goodput_tok_s", "throughput_tok_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
+                "e2e_p99_ms", "requests_ok", "requests_failed")
+        rows = "".join(f"<tr><td>{k}</td><td>{m[k]:,.2f}</td></tr>" for k in keys if m.get(k) is not None)
+        parts = [f"<b>trial {t['trial']}</b> ({t.get('phase')}): {html.escape(verdict)}",
+                 f"<pre>{html.escape(json.dumps(t.get('config'), indent=1))}</pre>",
+                 f"<table>{rows}</table>" if rows else ""]
+        if t.get("crash_message"):
+            parts.append(f"<b>message</b><pre>{html.escape(t['crash_message'])}</pre>")
+        if t.get("log_excerpt") and t.get("log_excerpt") != t.get("crash_message"):
+            parts.append(f"<b>log excerpt</b><pre>{html.escape(t['log_excerpt'])}</pre>")
+        self.detail.value = "".join(parts)
+
+    def _draw(self) -> None:
+        import matplotlib.pyplot as plt
+
+        self.plot.clear_output(wait=True)
+        with self.plot:
+            fig, ax = plt.subplots(figsize=(6, 3.6))
+            ok = [t for t in self.trials if t["status"] != "crash" and self.x.value in t["config"]
+                  and self.y.value in t["config"]]
+            bad = [t for t in self.trials if t["status"] == "crash" and self.x.value in t["config"]
+                   and self.y.value in t["config"]]
+            if ok:
+                sc = ax.scatter([t["config"][self.x.value] for t in ok], [t["config"][self.y.value] for t in ok],
+                                c=[(t.get("metrics") or {}).get("goodput_tok_s") or 0 for t in ok], cmap="viridis")
+                fig.colorbar(sc, ax=ax, label="goodput (tok/s)")
+            if bad:
+                ax.scatter([t["config"][self.x.value] for t in bad], [t["config"][self.y.value] for t in bad],
+                           marker="x", color="red", label="crash")
+                ax.legend(loc="best")
+            ax.set(xlabel=self.x.value, ylabel=self.y.value, title="trials of this study")
+            plt.show()
+
+
+def _pick(options: list[str], preferred: str) -> str | None:
+    return preferred if preferred in options else (options[0] if options else None)
