@@ -7,9 +7,8 @@ disagree on what "ITL p99" means. Percentiles use numpy's linear interpolation, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,10 +54,6 @@ def _pcts(prefix: str, values: Iterable[float], scale: float = 1000.0) -> dict[s
     return out
 
 
-def percentile(values: Sequence[float], p: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=float), p)) if len(values) else float("nan")
-
-
 def summarize(load: LoadResult) -> dict[str, float]:
     """Latency percentiles (ms), throughput (tok/s, req/s) and request counts of one load run."""
     ok = [r for r in load.requests if r.ok]
@@ -77,7 +72,3 @@ def summarize(load: LoadResult) -> dict[str, float]:
     out["duration_s"] = load.duration_s
     out.update({f"engine_{k}": float(v) for k, v in load.engine_stats.items()})
     return out
-
-
-def request_to_dict(r: RequestResult) -> dict[str, Any]:
-    return asdict(r)

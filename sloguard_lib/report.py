@@ -157,6 +157,7 @@ def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path) -> 
                         style="status", s=45, ax=ax, hue_order=["ok", "slo_violation", "crash", "error"])
         ax.set(xlabel="gpu_memory_utilization", ylabel="max_model_len (tokens)", yscale="log",
                title="Crash map over memory knobs")
+        ax.legend(title="status", loc="center left", bbox_to_anchor=(1.01, 0.5))
         save(fig, "crash_map.png")
 
     knobs = [c for c in d.columns if c.startswith("knob.") and d[c].nunique() > 1]

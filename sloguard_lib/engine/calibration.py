@@ -65,4 +65,3 @@ H100_REFERENCE: tuple[dict[str, float | int | None], ...] = (
     {"concurrency": 64, "ttft_p50_ms": 428.0, "ttft_p99_ms": 1386.0, "itl_p99_ms": 53.0,
      "throughput_tok_s": 7300.0},
 )
-H100_KV_TOKENS = 1_343_504  # at gmu 0.5, max_model_len 2048, default mnbt 8192

@@ -104,12 +104,6 @@ class SimEngine:
         blocks = max(0, int(kv // (cal.block_size * m.kv_bytes_per_token())))
         return MemoryPlan(budget, weights, act, graphs, kv, blocks)
 
-    def max_kv_tokens(self, gpu_memory_utilization: float) -> int:
-        """KV tokens at the smallest realistic footprint: used to cap ``max_model_len`` in the space."""
-        plan = self.memory_plan({"gpu_memory_utilization": gpu_memory_utilization, "max_num_seqs": 4,
-                                 "max_num_batched_tokens": 512, "enforce_eager": True})
-        return plan.kv_tokens
-
     def latency_floor_ms(self, workload: Workload) -> tuple[float, float]:
         weights = self.model.weight_bytes("fp16")
         itl = weights / (self.gpu.hbm_tbps * 1e12) * 1e3
