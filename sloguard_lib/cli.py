@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override one knob's range or choices (repeatable)")
     tune.add_argument("--quantization-choices", default=None, help="comma list, e.g. fp16,fp8")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
+    tune.add_argument("--stop-after-s", type=float, default=None,
+                      help="start no new trial after this many seconds (continue later with --resume)")
 
     bench = sub.add_parser("bench", help="evaluate ONE config with a workload and print its metrics")
     _common(bench)
@@ -138,7 +140,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
             progress.update(task, advance=1, description=f"trial {rec['trial']:>3}: {rec['status']} ({detail})")
 
         result = run_study(spec, args.out, resume=args.resume, engine=engine,
-                           on_trial=on_trial if not args.quiet else None)
+                           on_trial=on_trial if not args.quiet else None, stop_after_s=args.stop_after_s)
         progress.update(task, completed=len(result.trials))
     _print_summary(result, console)
     return 0

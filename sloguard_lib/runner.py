@@ -9,6 +9,7 @@ none repeated.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,8 +109,15 @@ def log_path_for(out_dir: str | Path, spec: StudySpec) -> Path:
 
 def run_study(
     spec: StudySpec, out_dir: str | Path, *, resume: bool = False, engine: Engine | None = None,
-    on_trial: Callable[[dict[str, Any]], None] | None = None,
+    on_trial: Callable[[dict[str, Any]], None] | None = None, stop_after_s: float | None = None,
 ) -> StudyResult:
+    """Run (or continue) a study up to its budget.
+
+    ``stop_after_s`` starts no new trial once that many seconds have passed, so a study on a machine with a
+    hard time limit (a Colab session, a leased GPU) stops cleanly between trials and continues with
+    ``resume=True`` later.
+    """
+    started = time.monotonic()
     path = log_path_for(out_dir, spec)
     header = spec.header()
     assert spec.space is not None
@@ -124,6 +132,8 @@ def run_study(
     log = TrialLog(path, header)
     engine = engine or make_engine(spec.backend, resolve_model(spec.model), get_gpu(spec.gpu))
     for n in range(len(done), spec.budget):
+        if stop_after_s is not None and time.monotonic() - started > stop_after_s:
+            break
         proposal = optimizer.ask()
         config = spec.space.finalize(proposal.params)
         rec = evaluate(engine, config, spec.workload, spec.slo, trial_seed(spec.seed, n))

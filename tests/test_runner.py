@@ -106,3 +106,11 @@ def test_cli_resume_after_torn_write(tmp_path: Path) -> None:
     subprocess.run(_tune_cmd(tmp_path, budget), check=True, capture_output=True)
     assert [t["trial"] for t in read_log(log).trials] == [0, 1, 2, 3]
     assert log.with_suffix(".jsonl.torn").exists()
+
+
+def test_stop_after_starts_no_new_trial_and_resume_finishes(tmp_path: Path) -> None:
+    assert run_study(spec(budget=6), tmp_path, stop_after_s=0.0).trials == []
+    partial = run_study(spec(budget=6), tmp_path, resume=True, stop_after_s=0.05)
+    assert 1 <= len(partial.trials) < 6
+    full = run_study(spec(budget=6), tmp_path, resume=True)
+    assert [t["trial"] for t in full.trials] == list(range(6))

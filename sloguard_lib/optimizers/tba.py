@@ -1,13 +1,15 @@
 """TBA: crash-aware simulated annealing over the mixed, conditional serving space.
 
-Each ``ask`` draws a batch of candidates -- space-filling random samples for the first ``n_init`` trials,
-then neighbours of the annealing state (log-scale steps for log knobs, Gaussian steps for floats, flips,
-re-draws for categoricals; the step size shrinks with the temperature) -- and discards every candidate
-the :class:`~.guard.CrashGuard` rejects (memory prior, learned blacklist, OOB-gated forest) or that was
-already tried. Among the survivors it picks the one a TPE-style density ratio l(x)/g(x) over the
-non-crashed trials likes best (good = top third by utility), so moves inside the feasible region follow
-what has worked. ``tell`` applies the Metropolis rule to move the annealing state and cools the
-temperature; a crash never becomes the state.
+Each ``ask`` draws a batch of candidates: space-filling random samples for the first ``n_init`` trials,
+then neighbours of the annealing state and of the best trial plus a quarter of global samples
+(log-scale steps for log knobs, Gaussian steps for floats, flips, re-draws for categoricals; the step
+size shrinks with the temperature). It discards every candidate the :class:`~.guard.CrashGuard`
+rejects (memory prior, learned blacklist, OOB-gated forest) or that was already tried. Among the
+survivors it usually picks the one a TPE-style density ratio l(x)/g(x) over the non-crashed trials likes
+best (good = top third by utility), so moves inside the feasible region follow what has worked; a
+temperature-scaled share of moves (at least ``min_explore``) instead takes the candidate farthest from
+everything tried, so a mode seen first cannot trap the search. ``tell`` applies the Metropolis rule to
+move the annealing state and cools the temperature; a crash never becomes the state.
 
 Everything random is seeded from (seed, trial number), and the state is a function of the told history,
 so a replayed study continues exactly like the uninterrupted one.
@@ -30,10 +32,11 @@ class TBA:
 
     def __init__(self, space: SearchSpace, seed: int, *, budget: int = 15, prior: Prior | None = None,
                  n_init: int = 4, t0: float = 1.0, cooling: float = 0.8, n_candidates: int = 48,
-                 gamma: float = 0.33) -> None:
+                 gamma: float = 0.33, min_explore: float = 0.2) -> None:
         self.space, self.seed, self.budget = space, seed, budget
         self.guard = CrashGuard(space, seed, prior)
         self.n_init, self.cooling, self.n_candidates, self.gamma = n_init, cooling, n_candidates, gamma
+        self.min_explore = min_explore
         self.t0 = t0
         self.history: list[tuple[Config, Outcome]] = []
         self.current: Config | None = None
@@ -68,6 +71,9 @@ class TBA:
             exploring = True
         if not allowed:
             return Proposal(candidates[0], phase="tba-forced")
+        # the density ratio alone never leaves a mode it has only ever seen (every good trial eager, say):
+        # a temperature-scaled share of the moves goes to the least-explored allowed candidate instead
+        exploring = exploring or rng.random() < max(self.min_explore, 0.5 * self.temperature)
         pick = self._most_spread(allowed) if exploring else self._most_promising(allowed, rng)
         return Proposal(pick, phase="tba-explore" if exploring else "tba-anneal")
 
