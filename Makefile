@@ -3,12 +3,15 @@
 PY ?= python3
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install tune test lint typecheck check bench
+.PHONY: install install-core tune test lint typecheck check bench
 
 install:
 	$(PIP) -e ".[dev]"
 
-tune: install
+install-core:
+	$(PIP) -e .
+
+tune: install-core
 	$(PY) -m sloguard_lib.cli tune --model Qwen/Qwen2-1.5B --gpu a100-40gb --optimizer tpe --budget 15 \
 		--slo-ttft-p99 500 --slo-itl-p99 100 --seed 42 --out results/quickstart --resume
 
@@ -26,3 +29,4 @@ check: lint typecheck test
 bench: install
 	$(PY) benchmarks/sim_speed.py
 	$(PY) benchmarks/sim_fidelity.py
+	$(PY) benchmarks/optimizers.py --seeds 20 --budget 15
