@@ -15,8 +15,10 @@ from contextlib import contextmanager
 
 
 class SSEStub:
-    def __init__(self, token_interval_s: float = 0.0, ttft_s: float = 0.0, fail_status: int | None = None) -> None:
+    def __init__(self, token_interval_s: float = 0.0, ttft_s: float = 0.0, fail_status: int | None = None,
+                 health: bool = True) -> None:
         self.token_interval_s, self.ttft_s, self.fail_status = token_interval_s, ttft_s, fail_status
+        self.health = health
         self.port = 0
         self.requests = 0
 
@@ -30,8 +32,13 @@ class SSEStub:
                         length = int(line.split(":", 1)[1])
                 body = json.loads(await reader.readexactly(length)) if length else {}
                 self.requests += 1
-                if head.startswith(b"GET /health"):
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                if head.startswith(b"GET "):
+                    path = head.split(b" ")[1]
+                    body_out = {b"/version": b'{"version": "stub"}',
+                                b"/metrics": b'vllm:cache_config_info{block_size="16",num_gpu_blocks="1000"} 1.0\n'
+                                             b"vllm:num_preemptions_total 0.0\n"}.get(path, b"")
+                    status = b"200 OK" if (path != b"/health" or self.health) else b"503 Unavailable"
+                    writer.write(b"HTTP/1.1 %s\r\ncontent-length: %d\r\n\r\n%s" % (status, len(body_out), body_out))
                     await writer.drain()
                     continue
                 if self.fail_status:
@@ -66,6 +73,11 @@ class SSEStub:
     @staticmethod
     def _raw(writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    async def serve_forever(self, port: int) -> None:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
 
     @contextmanager
     def running(self) -> Iterator[SSEStub]:

@@ -150,6 +150,8 @@ class VllmServer:
 
     def _crash(self, phase: str, default: str, elapsed: float) -> EngineCrash:
         text = self.log_path.read_text(errors="replace")
+        if text.startswith("$ "):  # our own first line records the command: only the server's output counts
+            text = text.partition("\n")[2]
         c = classify_log(text, returncode=self.proc.poll())
         cls = c.crash_class if c.crash_class != "unknown" else default
         return EngineCrash(cls, c.line, elapsed_s=elapsed, phase=phase, log_excerpt=c.excerpt)  # type: ignore[arg-type]
