@@ -2,7 +2,8 @@
 ``/health``, ``/version``, ``/metrics`` and streaming completions on the given port. It exercises the
 launcher's process management (start, readiness, teardown, port release), not vLLM's behaviour.
 
-    python tests/openai_stub_server.py serve MODEL --port P [--fail-with TEXT] [--never-ready] ...
+    python tests/openai_stub_server.py serve MODEL --port P [--fail-with TEXT] [--never-ready]
+        [--token-interval-s S] ...
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def main() -> None:
         print("INFO starting engine", flush=True)
         print(args[args.index("--fail-with") + 1], flush=True)
         sys.exit(1)
-    stub = SSEStub(token_interval_s=0.001, health="--never-ready" not in args)
+    interval = float(args[args.index("--token-interval-s") + 1]) if "--token-interval-s" in args else 0.001
+    stub = SSEStub(token_interval_s=interval, health="--never-ready" not in args)
     asyncio.run(stub.serve_forever(port))
 
 

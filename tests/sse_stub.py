@@ -56,7 +56,8 @@ class SSEStub:
                         await asyncio.sleep(self.token_interval_s)
                     fin = "length" if i == n - 1 else None
                     self._chunk(writer, {"choices": [{"index": 0, "text": f" w{i}", "finish_reason": fin}]})
-                    await writer.drain()
+                    if self.token_interval_s or i % 16 == 15:
+                        await writer.drain()
                 self._chunk(writer, {"choices": [], "usage": {"prompt_tokens": len(body.get("prompt", [])),
                                                                "completion_tokens": n}})
                 self._raw(writer, b"data: [DONE]\n\n")
