@@ -22,14 +22,12 @@ from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
 from .optimizers import OPTIMIZERS
 from .runner import StudyResult, StudySpec, default_space, log_path_for, run_study
 from .slo import SLO
-from .space import SearchSpace, load_space_file, parse_range_override
+from .space import BOOL_KNOBS, NUMERIC_KNOBS, SearchSpace, load_space_file, parse_range_override
 from .trial import evaluate, trial_seed
 from .workload import Workload, parse_workload
 
 EXIT_INPUT = 2
 EXIT_CRASH = 1
-KNOB_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len")
-BOOL_KNOBS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
 
 
 def _default_gpu() -> str:
@@ -71,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="evaluate ONE config with a workload and print its metrics")
     _common(bench)
-    for knob in KNOB_FLAGS:
+    for knob in NUMERIC_KNOBS:
         bench.add_argument("--" + knob.replace("_", "-"), type=float if "utilization" in knob else int, default=None)
     for knob in BOOL_KNOBS:
         bench.add_argument("--" + knob.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None)
@@ -172,7 +170,7 @@ def _print_summary(result: StudyResult, console: Console) -> None:
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     gpu = args.gpu or _default_gpu()
     backend = args.backend or default_backend()
-    config: dict[str, Any] = {k: getattr(args, k) for k in (*KNOB_FLAGS, *BOOL_KNOBS, "quantization")
+    config: dict[str, Any] = {k: getattr(args, k) for k in (*NUMERIC_KNOBS, *BOOL_KNOBS, "quantization")
                               if getattr(args, k) is not None}
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu))
     workload = parse_workload(args.workload)

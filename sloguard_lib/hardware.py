@@ -238,6 +238,14 @@ def kv_budget_tokens(model: ModelShape, gpu: GpuProfile, gpu_memory_utilization:
     return max(0, int(free // model.kv_bytes_per_token()))
 
 
+def latency_floor_ms(model: ModelShape, gpu: GpuProfile, input_len: int) -> tuple[float, float]:
+    """(TTFT, ITL) in ms that no config can beat: one weight read at peak HBM bandwidth per decode step,
+    and the prompt's linear-layer FLOPs at peak compute (or that weight read, if longer) for the prefill."""
+    itl = model.weight_bytes() / (gpu.hbm_tbps * 1e12) * 1e3
+    ttft = 2.0 * model.linear_params * input_len / (gpu.fp16_tflops * 1e12) * 1e3
+    return max(ttft, itl), itl
+
+
 def memory_prior(model: ModelShape, gpu: GpuProfile) -> Callable[[Mapping[str, Any]], bool]:
     """An optimistic "can this config start at all" test from the memory model alone.
 

@@ -251,6 +251,16 @@ def _describe(k: Knob) -> str:
     return f"[{k.low}, {k.high}]"
 
 
+#: the knobs vLLM takes as ``--name VALUE`` and as ``--name`` / ``--no-name`` (enforce_eager: only ``--name``)
+NUMERIC_KNOBS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len")
+BOOL_KNOBS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
+
+
+def config_key(params: Mapping[str, Any]) -> str:
+    """A hashable identity of a config, independent of key order."""
+    return repr(sorted(params.items()))
+
+
 #: vLLM's hard limits that the space must never exceed, whatever the user asks for.
 MAX_MODEL_LEN_RANGE = (512, 4096)
 

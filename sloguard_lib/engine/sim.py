@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..hardware import GIB, GpuProfile, ModelShape
+from ..hardware import GIB, GpuProfile, ModelShape, latency_floor_ms
 from ..metrics import LoadResult, RequestResult
 from ..space import Config
 from ..workload import Request, Workload
@@ -105,11 +105,7 @@ class SimEngine:
         return MemoryPlan(budget, weights, act, graphs, kv, blocks)
 
     def latency_floor_ms(self, workload: Workload) -> tuple[float, float]:
-        weights = self.model.weight_bytes("fp16")
-        itl = weights / (self.gpu.hbm_tbps * 1e12) * 1e3
-        flops = 2.0 * self.model.linear_params * workload.input_len
-        ttft = max(flops / (self.gpu.fp16_tflops * 1e12), weights / (self.gpu.hbm_tbps * 1e12)) * 1e3
-        return ttft, itl
+        return latency_floor_ms(self.model, self.gpu, workload.input_len)
 
     # ------------------------------------------------------------------ start-up
     def launch(self, config: Config, *, trial_seed: int) -> SimServer:

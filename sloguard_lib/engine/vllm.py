@@ -27,17 +27,15 @@ import httpx
 
 from ..crash import classify_log
 from ..errors import InputError
-from ..hardware import GpuProfile, ModelShape
+from ..hardware import GpuProfile, ModelShape, latency_floor_ms
 from ..loadgen import STALL, LoadTarget, run_load
 from ..metrics import LoadResult
 from ..model_folder import prepare_model_dir
-from ..space import Config
+from ..space import BOOL_KNOBS, NUMERIC_KNOBS, Config
 from ..workload import Workload
 from .base import EngineCrash, ServerInfo
 
 SERVED_NAME = "sloguard"
-FLAG_KNOBS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len")
-BOOL_KNOBS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
 
 
 def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]:
@@ -45,7 +43,7 @@ def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]
             "--seed", str(seed)]
     if not any(Path(model_dir).glob("*.safetensors")):  # config-only folder: random weights
         args += ["--load-format", "dummy"]
-    for knob in FLAG_KNOBS:
+    for knob in NUMERIC_KNOBS:
         if knob in config:
             args += ["--" + knob.replace("_", "-"), str(config[knob])]
     for knob in BOOL_KNOBS:
@@ -93,9 +91,7 @@ class VllmEngine:
         return {"backend": self.name, "engine_version": _vllm_version(), "gpu": self.gpu.name, "model": self.model.name}
 
     def latency_floor_ms(self, workload: Workload) -> tuple[float, float]:
-        itl = self.model.weight_bytes() / (self.gpu.hbm_tbps * 1e12) * 1e3
-        ttft = 2.0 * self.model.linear_params * workload.input_len / (self.gpu.fp16_tflops * 1e12) * 1e3
-        return max(ttft, itl), itl
+        return latency_floor_ms(self.model, self.gpu, workload.input_len)
 
     def _servable_dir(self) -> Path:
         """The model folder itself if it has a tokenizer, else a cached copy with a synthetic one."""

@@ -100,7 +100,7 @@ class CrashGuard:
             else:
                 for value in {p[knob.name] for p in crashed if knob.name in p}:
                     rule = Rule(knob.name, "==", value)
-                    if self._pure(rule, crashed, ok):
+                    if self._pure_box((rule,), crashed, ok):
                         singles.append(rule)
         boxes: list[tuple[Rule, ...]] = [(r,) for r in singles]
         # pairs of categorical values that only ever crashed together (e.g. eager=False & quantization=fp8)
@@ -126,9 +126,6 @@ class CrashGuard:
         if len(inside) < self.min_crashes or not ok_vals:
             return None  # with no success at all, a half-line would blacklist the whole space
         return Rule(knob, op, pick(inside))
-
-    def _pure(self, rule: Rule, crashed: list[Config], ok: list[Config]) -> bool:
-        return self._pure_box((rule,), crashed, ok)
 
     def _pure_box(self, box: tuple[Rule, ...], crashed: list[Config], ok: list[Config]) -> bool:
         hits = sum(all(r.matches(p) for r in box) for p in crashed)

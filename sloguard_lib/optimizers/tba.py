@@ -22,7 +22,7 @@ import math
 import numpy as np
 from sklearn.neighbors import KernelDensity
 
-from ..space import Config, Knob, SearchSpace
+from ..space import Config, Knob, SearchSpace, config_key
 from .base import Outcome, Proposal
 from .guard import CrashGuard, Prior
 
@@ -63,11 +63,11 @@ class TBA:
             candidates = ([self.neighbour(self.current, rng) for _ in range(2 * q)]
                           + [self.neighbour(self.best, rng) for _ in range(q)]
                           + [self.space.sample(rng) for _ in range(self.n_candidates - 3 * q)])
-        tried = {_key(p) for p, _ in self.history}
-        allowed = [c for c in candidates if _key(c) not in tried and self.guard.allows(c)]
+        tried = {config_key(p) for p, _ in self.history}
+        allowed = [c for c in candidates if config_key(c) not in tried and self.guard.allows(c)]
         if not allowed:  # the neighbourhood is exhausted or all predicted to crash: jump anywhere allowed
             samples = (self.space.sample(rng) for _ in range(400))
-            allowed = [c for c in samples if _key(c) not in tried and self.guard.allows(c)][:self.n_candidates]
+            allowed = [c for c in samples if config_key(c) not in tried and self.guard.allows(c)][:self.n_candidates]
             exploring = True
         if not allowed:
             return Proposal(candidates[0], phase="tba-forced")
@@ -159,7 +159,3 @@ def _step(k: Knob, value: object, scale: float, rng: np.random.Generator) -> obj
     if new == value and k.kind == "int":  # a zero step wastes a trial: nudge by one grid point
         new = k.cast(value + (1 if rng.random() < 0.5 else -1))
     return new
-
-
-def _key(params: Config) -> str:
-    return repr(sorted(params.items()))

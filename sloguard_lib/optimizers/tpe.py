@@ -20,7 +20,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from ..space import Config, Knob, SearchSpace
+from ..space import Config, Knob, SearchSpace, config_key
 from .base import Outcome, Proposal
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -59,7 +59,7 @@ class TPE:
         for k in self.space.knobs:
             if self.space.is_active(k, params):
                 params[k.name] = _suggest(trial, k)
-        self._pending[_key(params)] = trial
+        self._pending[config_key(params)] = trial
         phase = "startup" if len(self.study.trials) <= self.n_startup_trials else "tpe"
         return Proposal(params, phase=phase)
 
@@ -71,7 +71,7 @@ class TPE:
 
     def tell(self, params: Config, outcome: Outcome) -> None:
         state, value, constraints = self._result(outcome)
-        trial = self._pending.pop(_key(params), None)
+        trial = self._pending.pop(config_key(params), None)
         if trial is not None:
             for key, c in (constraints or {}).items():
                 trial.set_constraint(key, c)
@@ -110,7 +110,3 @@ def _suggest(trial: optuna.trial.Trial, knob: Knob) -> object:
     step = None if knob.log else knob.step
     value = trial.suggest_float(knob.name, float(knob.low), float(knob.high), log=knob.log, step=step)
     return knob.cast(value)  # Optuna's stepped floats carry binary noise (0.6599999999999999)
-
-
-def _key(params: Config) -> str:
-    return repr(sorted(params.items()))
