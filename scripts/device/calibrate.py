@@ -44,6 +44,18 @@ GRID: list[tuple[str, dict[str, Any], list[Workload]]] = [
      [wl(64, 256), wl(16, 64, i=1536, o=64)]),
     ("small_batch", REF | {"max_num_seqs": 16, "max_num_batched_tokens": 1024},
      [wl(64, 128), wl(8, 32, i=1024, o=256)]),
+    # grid 3: every load on a fresh prompt seed, spanning the knob and load ranges of issue #6
+    ("wide", {"gpu_memory_utilization": 0.6, "max_model_len": 4096, "max_num_seqs": 256,
+              "max_num_batched_tokens": 8192},
+     [wl(1, 16, i=128, o=32), wl(16, 64), wl(32, 64, i=2048, o=128), wl(128, 256, i=128, o=512)]),
+    ("eager_tiny_batch", REF | {"enforce_eager": True, "max_num_seqs": 4, "max_num_batched_tokens": 512},
+     [wl(1, 8, i=256, o=64), wl(16, 48, i=256, o=64)]),
+    ("prefix_cache_on", REF | {"enable_prefix_caching": True}, [wl(32, 128, shared_prefix=0.75)]),
+    ("prefix_cache_off", REF | {"enable_prefix_caching": False},
+     [wl(32, 128, shared_prefix=0.75), wl(64, 256), wl(128, 256, i=256, o=256)]),
+    ("no_chunked_big", REF | {"enable_chunked_prefill": False, "max_num_seqs": 128,
+                              "max_num_batched_tokens": 8192},
+     [wl(64, 256, i=1024, o=128), wl(8, 32, i=128, o=512)]),
     ("gmu_too_low", {"gpu_memory_utilization": 0.03}, []),
     ("kv_below_max_model_len", {"gpu_memory_utilization": 0.05, "max_model_len": 65536}, []),
 ]
