@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..errors import InputError
 from ..hardware import GpuProfile, ModelShape, has_gpu
 from .base import CRASH_CLASSES, Engine, EngineCrash, Server, ServerInfo
+from .replay import ReplayEngine
 from .sim import SimEngine
 from .vllm import VllmEngine
 
-EngineFactory = Callable[[ModelShape, GpuProfile], Engine]
+#: (model, gpu, backend options) -> engine; each backend reads only the options it knows (``data`` for replay)
+EngineFactory = Callable[[ModelShape, GpuProfile, Mapping[str, Any]], Engine]
 
 BACKENDS: dict[str, EngineFactory] = {
-    "sim": lambda model, gpu: SimEngine(model, gpu),
-    "vllm": lambda model, gpu: VllmEngine(model, gpu),
+    "sim": lambda model, gpu, opts: SimEngine(model, gpu),
+    "vllm": lambda model, gpu, opts: VllmEngine(model, gpu),
+    "replay": lambda model, gpu, opts: ReplayEngine(model, gpu, opts.get("data")),
 }
 
 
@@ -23,12 +27,12 @@ def default_backend() -> str:
     return "vllm" if has_gpu() else "sim"
 
 
-def make_engine(backend: str, model: ModelShape, gpu: GpuProfile) -> Engine:
+def make_engine(backend: str, model: ModelShape, gpu: GpuProfile, options: Mapping[str, Any] | None = None) -> Engine:
     try:
         factory = BACKENDS[backend]
     except KeyError:
         raise InputError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}") from None
-    return factory(model, gpu)
+    return factory(model, gpu, options or {})
 
 
 __all__ = ["BACKENDS", "CRASH_CLASSES", "Engine", "EngineCrash", "Server", "ServerInfo", "default_backend",
