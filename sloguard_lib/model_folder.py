@@ -3,7 +3,8 @@
 vLLM needs ``config.json`` (the architecture: this decides memory and speed) and a tokenizer. No hub is
 reachable, so the tokenizer is synthetic: a word-level vocabulary of the model's exact size (``w0`` ...
 ``wN``) built with the ``tokenizers`` library. Prompts are sent as token-id lists, so its words never
-matter; only its size (the embedding and logits shapes) does.
+matter; only its size (the embedding and logits shapes) does. Its chat template is the bare message text,
+so ``/v1/chat/completions`` prompts written as those words are exactly as many tokens as the words.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 
 from .errors import InputError
 from .hardware import ModelShape
+
+
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 def prepare_model_dir(shape: ModelShape, dest: str | Path) -> Path:
@@ -33,6 +37,6 @@ def prepare_model_dir(shape: ModelShape, dest: str | Path) -> Path:
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "w0", "bos_token": "w1", "eos_token": "w2",
-        "model_max_length": shape.max_position_embeddings,
+        "model_max_length": shape.max_position_embeddings, "chat_template": CHAT_TEMPLATE,
     }, indent=1))
     return out

@@ -20,15 +20,16 @@ from . import __version__
 from .engine import Engine, make_engine
 from .errors import InputError
 from .hardware import get_gpu, kv_budget_tokens, memory_prior, resolve_model
-from .optimizers import Optimizer, Outcome, make_optimizer
+from .optimizers import Optimizer, Outcome, Proposal, make_optimizer
 from .slo import SLO
-from .space import SearchSpace, build_serving_space
+from .space import Config, SearchSpace, build_serving_space
 from .trial import evaluate, trial_seed
 from .trial_log import TrialLog, git_commit, read_log
 from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
-RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space")
+RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space", "enqueue")
+ENQUEUED = "enqueued"  # the phase of a trial the user asked for, not the optimizer
 
 
 @dataclass
@@ -42,12 +43,20 @@ class StudySpec:
     slo: SLO = field(default_factory=SLO)
     workload: Workload = field(default_factory=Workload)
     space: SearchSpace | None = None  # None: the default space, capped for this model and GPU
+    #: configs evaluated first, in order (today's production config, a known-bad one), then the optimizer's;
+    #: the optimizer is told their outcomes like its own, so they are data, not a detour
+    enqueue: tuple[Config, ...] = ()
 
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise InputError(f"budget must be >= 1 trial, got {self.budget}")
         if self.space is None:
             self.space = default_space(self.model, self.gpu, self.workload)
+        for i, params in enumerate(self.enqueue):
+            try:
+                self.space.validate(params)
+            except InputError as e:
+                raise InputError(f"enqueued config {i + 1}: {e}") from None
 
     @property
     def study_id(self) -> str:
@@ -58,7 +67,7 @@ class StudySpec:
         return {
             "study_id": self.study_id, "optimizer": self.optimizer, "seed": self.seed, "budget": self.budget,
             "model": self.model, "gpu": self.gpu, "backend": self.backend, "slo": self.slo.to_dict(),
-            "workload": self.workload.to_dict(), "space": self.space.to_dict(),
+            "workload": self.workload.to_dict(), "space": self.space.to_dict(), "enqueue": list(self.enqueue),
             "sloguard_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -134,7 +143,7 @@ def run_study(
     for n in range(len(done), spec.budget):
         if stop_after_s is not None and time.monotonic() - started > stop_after_s:
             break
-        proposal = optimizer.ask()
+        proposal = Proposal(dict(spec.enqueue[n]), ENQUEUED) if n < len(spec.enqueue) else optimizer.ask()
         config = spec.space.finalize(proposal.params)
         rec = evaluate(engine, config, spec.workload, spec.slo, trial_seed(spec.seed, n))
         rec = {"study_id": spec.study_id, "trial": n, "seed": spec.seed, "optimizer": spec.optimizer,
@@ -153,7 +162,10 @@ def run_study(
 def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> list[dict[str, Any]]:
     contents = read_log(path)
     for key in RESUME_KEYS:
-        if _norm(contents.header.get(key)) != _norm(header.get(key)):
+        logged = contents.header.get(key, [] if key == "enqueue" else None)  # logs from before --enqueue
+        if key == "workload" and logged is not None:  # fields added since the log was written take defaults
+            logged = Workload.from_dict(logged).to_dict()
+        if _norm(logged) != _norm(header.get(key)):
             raise InputError(f"cannot resume {str(path)!r}: its {key} is {contents.header.get(key)!r}, "
                              f"this run asks for {header.get(key)!r}")
     for i, rec in enumerate(contents.trials):

@@ -21,6 +21,7 @@ import numpy as np
 from .errors import InputError
 
 LenDist = Literal["fixed", "uniform", "lognormal"]
+Api = Literal["completions", "chat"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Workload:
     shared_prefix: float = 0.0  # fraction of input_len that is a prefix common to all requests
     warmup: int = 2  # requests sent and discarded before measuring (real backends)
     seed: int = 0
+    api: Api = "completions"  # real backends: /v1/completions, or /v1/chat/completions (prompt as words)
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +66,7 @@ class Workload:
             (0 <= self.len_spread <= 2, "len_spread must be in [0, 2]"),
             (0 <= self.shared_prefix < 1, "shared_prefix must be in [0, 1)"),
             (self.warmup >= 0, "warmup must be >= 0"),
+            (self.api in ("completions", "chat"), "api must be completions or chat"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -136,7 +139,7 @@ def parse_workload(spec: str | None, base: Workload | None = None) -> Workload:
             raise InputError(f"workload: unknown field {key!r}; known: {', '.join(_FIELDS)}")
         raw = raw.strip()
         try:
-            if key == "len_dist":
+            if key in ("len_dist", "api"):
                 values[key] = raw
             elif key in ("rate", "len_spread", "shared_prefix"):
                 values[key] = float(raw)

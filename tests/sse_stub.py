@@ -21,6 +21,7 @@ class SSEStub:
         self.health = health
         self.port = 0
         self.requests = 0
+        self.last_body: dict = {}  # type: ignore[type-arg]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -50,12 +51,18 @@ class SSEStub:
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                              b"transfer-encoding: chunked\r\n\r\n")
                 n = int(body.get("max_tokens", 16))
+                chat = head.split(b" ")[1] == b"/v1/chat/completions"
+                self.last_body = body
                 await asyncio.sleep(self.ttft_s)
+                if chat:  # vLLM opens a chat stream with a role-only delta: not a token
+                    self._chunk(writer, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                      "finish_reason": None}]})
                 for i in range(n):
                     if i and self.token_interval_s:
                         await asyncio.sleep(self.token_interval_s)
                     fin = "length" if i == n - 1 else None
-                    self._chunk(writer, {"choices": [{"index": 0, "text": f" w{i}", "finish_reason": fin}]})
+                    choice = {"delta": {"content": f" w{i}"}} if chat else {"text": f" w{i}"}
+                    self._chunk(writer, {"choices": [{"index": 0, **choice, "finish_reason": fin}]})
                     if self.token_interval_s or i % 16 == 15:
                         await writer.drain()
                 self._chunk(writer, {"choices": [], "usage": {"prompt_tokens": len(body.get("prompt", [])),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sloguard_lib.loadgen import LoadTarget, run_load
+from sloguard_lib.loadgen import LoadTarget, is_token_event, run_load
 from sloguard_lib.metrics import summarize
 from sloguard_lib.workload import Workload
 
@@ -40,3 +40,25 @@ def test_dead_server_is_a_connection_error() -> None:
     target = LoadTarget("http://127.0.0.1:9", "m", vocab_size=1000)
     load = run_load(target, Workload(concurrency=2, num_requests=2, output_len=4, warmup=0))
     assert all(not r.ok and "ConnectError" in (r.error or "") for r in load.requests)
+
+
+def test_chat_endpoint_streams_exact_token_counts() -> None:
+    with SSEStub(token_interval_s=0.002).running() as stub:
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000)
+        load = run_load(target, Workload(concurrency=2, num_requests=4, input_len=12, output_len=6, warmup=0,
+                                         api="chat"))
+    assert all(r.ok and r.output_tokens == 6 and len(r.itl_s) == 5 for r in load.requests)  # role chunk ignored
+    words = stub.last_body["messages"][0]["content"].split()
+    assert len(words) == 12 and all(w.startswith("w") for w in words)  # one synthetic-tokenizer word per token
+
+
+@pytest.mark.parametrize(("payload", "api", "token"), [
+    (b'{"choices":[{"index":0,"text":" w1","finish_reason":null}],"usage":null}', "completions", True),
+    (b'{"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}', "completions", False),
+    (b'{"choices": [{"index": 0, "text": "", "finish_reason": null}]}', "completions", True),
+    (b'{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3}}', "completions", False),
+    (b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}', "chat", False),
+    (b'{"choices":[{"index":0,"delta":{"content":" w7"},"finish_reason":null}]}', "chat", True),
+])
+def test_token_events_are_recognised_without_json(payload: bytes, api: str, token: bool) -> None:
+    assert is_token_event(payload, api) is token

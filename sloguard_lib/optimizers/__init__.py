@@ -19,9 +19,10 @@ OPTIMIZERS: dict[str, str] = {
     "tpe-constrained": "tpe:ConstrainedTPE",
     "tba": "tba:TBA",
     "tba-tpe": "tba_tpe:TBATPE",
+    "constrained-bo": "constrained_bo:ConstrainedBO",  # needs the [bo] extra (botorch)
 }
 #: the optimizers that use the study's context (budget, memory prior)
-CRASH_AWARE = ("tba", "tba-tpe")
+CRASH_AWARE = ("tba", "tba-tpe", "constrained-bo")
 
 
 def make_optimizer(name: str, space: SearchSpace, seed: int, *, budget: int = 15,

