@@ -112,3 +112,34 @@ def test_tba_tpe_switches_phase_and_records_it() -> None:
     switch = phases.index("tpe")
     assert switch == 6  # 40% of the budget, with >= 3 feasible trials by then
     assert all(ph == "tpe" for ph in phases[switch:])
+
+
+def test_constrained_bo_learns_the_crash_boundary_and_exploits() -> None:
+    """Crash below gmu 0.8 (57 % of the range), utility = max_num_seqs: after its 5 random starts the GPs
+    should steer clear of crashes and toward large max_num_seqs, far better than random does."""
+    def late(name: str) -> tuple[float, float]:
+        opt = make_optimizer(name, SPACE, 7)
+        picks = []
+        for _ in range(16):
+            p = opt.ask().params
+            crashed = p["gpu_memory_utilization"] < 0.8
+            opt.tell(p, Outcome("crash" if crashed else "ok", None if crashed else float(p["max_num_seqs"])))
+            picks.append(p)
+        tail = picks[8:]
+        return (sum(p["gpu_memory_utilization"] < 0.8 for p in tail) / len(tail),
+                sum(p["max_num_seqs"] for p in tail) / len(tail))
+    bo_crash, bo_seqs = late("constrained-bo")
+    rnd_crash, rnd_seqs = late("random")
+    assert bo_crash <= 0.25 < rnd_crash
+    assert bo_seqs > 64 and bo_seqs > 1.3 * rnd_seqs
+
+
+def test_constrained_bo_without_botorch_is_a_clear_error() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['botorch'] = None\n"
+            "from sloguard_lib.optimizers import make_optimizer\nfrom sloguard_lib.space import build_serving_space\n"
+            "make_optimizer('constrained-bo', build_serving_space(), 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode != 0 and "needs botorch: pip install 'sloguard[bo]'" in done.stderr

@@ -21,8 +21,9 @@ from sloguard_lib.engine.vllm import port_in_use
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "sloguard_lib" / "models" / "tiny-qwen2"
 WORKLOAD = "concurrency=4,input_len=64,output_len=16,num_requests=16"
-#: in the space, but its memory share (0.05 of the host) is below vLLM's own non-KV use: a certain start-up crash
-CRASHING = {"quantization": "fp16", "max_num_seqs": 8, "max_num_batched_tokens": 512, "gpu_memory_utilization": 0.05,
+#: in the space, but its memory share (1 % of the host, vLLM sees 8.7-14.3 GiB on CI machines) is below vLLM's own
+#: non-KV use (0.62 GiB): a certain start-up crash. Seed 1 then draws 0.16 and 0.13, which start.
+CRASHING = {"quantization": "fp16", "max_num_seqs": 8, "max_num_batched_tokens": 512, "gpu_memory_utilization": 0.01,
             "max_model_len": 512, "enforce_eager": True, "enable_prefix_caching": False}
 
 pytestmark = pytest.mark.slow
@@ -68,9 +69,9 @@ def test_bench_against_a_real_cpu_server_then_nothing_is_left(vllm_env: dict[str
 
 def test_study_with_a_classified_startup_crash_then_resume(vllm_env: dict[str, str], tmp_path: Path) -> None:
     tune = ["tune", "--backend", "vllm", "--model", "tiny-qwen2", "--gpu", "cpu", "--optimizer", "random",
-            "--seed", "3", "--workload", WORKLOAD,
+            "--seed", "1", "--workload", WORKLOAD,
             "--range", "max_num_seqs=4:16", "--range", "max_num_batched_tokens=512:1024",
-            "--range", "gpu_memory_utilization=0.05:0.3", "--enqueue", json.dumps(CRASHING), "--out", "runs",
+            "--range", "gpu_memory_utilization=0.01:0.3", "--enqueue", json.dumps(CRASHING), "--out", "runs",
             "--quiet"]
     first = sloguard([*tune, "--budget", "2"], vllm_env, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -91,5 +92,5 @@ def test_study_with_a_classified_startup_crash_then_resume(vllm_env: dict[str, s
     assert measured, [t["crash_message"] for t in resumed]
     for t in measured:
         assert t["metrics"]["requests_ok"] == 16 and t["metrics"]["ttft_p50_ms"] > 0
-        assert 0.05 <= t["config"]["gpu_memory_utilization"] <= 0.3
+        assert 0.01 <= t["config"]["gpu_memory_utilization"] <= 0.3
     assert vllm_processes() == []
