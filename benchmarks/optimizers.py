@@ -4,7 +4,9 @@
 
 Scenarios span the failure modes: the seed's Qwen2-1.5B on an A100-40GB (few crashes, bimodal latency),
 Llama-3.1-8B on an L4-24GB (most of the space crashes), Qwen2-1.5B on an H100 under a strict ITL SLO,
-and a long-context Mistral-7B workload whose feasible region is a thin slice of ``max_model_len``.
+a long-context Mistral-7B workload whose feasible region is a thin slice of ``max_model_len``, and a second
+crash-heavy one: Llama-3.1-8B on the L4 with 2k-token prompts, where weights, activations and long
+``max_model_len`` values all crash (43 % of the space; 16 % is feasible).
 Per scenario the landscape's best feasible goodput comes from dense random sampling; every run is scored
 against it. Prints one markdown table per scenario and writes ``results/benchmarks/optimizers_b{B}.csv``
 (one row per run), ``..._anytime.csv`` (best-so-far per trial) and figures under ``figures/benchmarks/``.
@@ -33,7 +35,7 @@ from sloguard_lib.slo import SLO
 from sloguard_lib.trial import evaluate
 from sloguard_lib.workload import Workload
 
-OPTIMIZERS = ("random", "tpe", "tpe-constrained", "tba", "tba-tpe")
+OPTIMIZERS = ("random", "tpe", "tpe-constrained", "tba", "tba-tpe", "constrained-bo")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -55,6 +57,8 @@ SCENARIOS = (
              Workload(concurrency=64, num_requests=128, input_len=512, output_len=128), SLO(500, 15)),
     Scenario("mistral7b-a100-longctx", "mistral-7b", "a100-40gb",
              Workload(concurrency=8, num_requests=32, input_len=3000, output_len=128), SLO(3000, 120)),
+    Scenario("llama8b-l4-longctx-crashy", "llama-3.1-8b", "l4-24gb",
+             Workload(concurrency=4, num_requests=24, input_len=2048, output_len=128), SLO(4000, 250)),
 )
 
 

@@ -21,7 +21,8 @@ from sloguard_lib.engine.calibration import DEFAULT
 from sloguard_lib.fidelity import compare, load_points, summary
 
 FITTED = ("request_overhead_s", "step_overhead_s", "per_seq_overhead_s", "eager_per_layer_s",
-          "piecewise_per_layer_s", "compute_eff", "bw_eff", "attn_compute_eff", "hiccup_factor", "admit_serial_s")
+          "piecewise_per_layer_s", "compute_eff", "bw_eff", "attn_compute_eff", "hiccup_factor", "admit_serial_s",
+          "stream_token_s")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -105,15 +106,17 @@ def detect_vram_gib() -> tuple[float, str]:
 
 
 def detect_gpu_name() -> str | None:
-    """The local GPU's marketing name, or None on a machine without one."""
-    try:
-        import torch  # type: ignore[import-not-found,unused-ignore]
+    """The local GPU's marketing name, or None on a machine without one.
 
-        if torch.cuda.is_available():
-            return str(torch.cuda.get_device_name(0))
-    except ImportError:
-        pass
-    return _query_nvidia_smi("name")
+    nvidia-smi first: importing torch just to look costs seconds on every CLI start (torch is used when
+    a caller already imported it, e.g. in a notebook)."""
+    smi = _query_nvidia_smi("name")
+    if smi:
+        return smi
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return str(torch.cuda.get_device_name(0))
+    return None
 
 
 def has_gpu() -> bool:

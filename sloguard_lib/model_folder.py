@@ -16,7 +16,6 @@ from pathlib import Path
 from .errors import InputError
 from .hardware import ModelShape
 
-
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 

@@ -33,10 +33,12 @@ def test_sim_reproduces_the_recorded_h100_points() -> None:
     rows = compare(load_points())
     targets = [r for r in rows if r.is_target and r.rel_error is not None]
     by_metric = {m: [abs(r.rel_error) for r in targets if r.metric == m] for m in  # type: ignore[arg-type]
-                 ("kv_cache_tokens", "itl_p50_ms", "throughput_tok_s")}
+                 ("kv_cache_tokens", "itl_p50_ms", "ttft_p99_ms", "throughput_tok_s")}
+    assert len(by_metric["throughput_tok_s"]) >= 20  # the grid's clean points are all targets
     assert max(by_metric["kv_cache_tokens"]) < 0.01
-    assert max(by_metric["itl_p50_ms"]) < 0.25
-    assert statistics.median(by_metric["throughput_tok_s"]) < 0.2
+    assert statistics.median(by_metric["itl_p50_ms"]) < 0.2 and max(by_metric["itl_p50_ms"]) < 0.45
+    assert statistics.median(by_metric["ttft_p99_ms"]) < 0.15
+    assert statistics.median(by_metric["throughput_tok_s"]) < 0.15
     crashes = [r for r in rows if r.metric == "crash_class"]
     assert len(crashes) == 3 and all(r.sim == r.real for r in crashes)
     ttft_c1 = next(r for r in targets if r.name == "reference" and r.concurrency == 1 and r.metric == "ttft_p50_ms")

@@ -101,7 +101,8 @@ def main() -> None:
                 server = engine.launch(config, trial_seed=0)
             except EngineCrash as c:
                 emit({"name": name, "config": config, "status": "crash", "crash_class": c.crash_class,
-                      "crash_message": c.message, "log_excerpt": c.log_excerpt, "elapsed_s": c.elapsed_s})
+                      "crash_message": c.message, "log_excerpt": c.log_excerpt, "elapsed_s": c.elapsed_s,
+                      "engine_version": engine.describe()["engine_version"]})
                 continue
             try:
                 for wl in loads:

@@ -1,9 +1,9 @@
 """Every calibration constant of the simulator, in one place.
 
-Fitted to real vLLM 0.26.0 on one H100 80GB serving a dummy-weight Qwen2-1.5B (``../shared/gpu/README.md``,
-measured 2026-11-23; the points are :data:`H100_REFERENCE`). Physical constants (bandwidth, FLOP/s) live in
-:mod:`sloguard_lib.hardware`; these are the *efficiencies and overheads* that turn the roofline into the
-times vLLM actually shows. ``benchmarks/sim_calibration.py`` prints sim vs reference for every point.
+Fitted (``scripts/fit_sim.py``) to real vLLM 0.26.0 on one H100 80GB serving a dummy-weight Qwen2-1.5B: the
+25 load points of ``results/h100/calibration.jsonl``, measured with this package's load generator. Physical
+constants (bandwidth, FLOP/s) live in :mod:`sloguard_lib.hardware`; these are the *efficiencies and
+overheads* that turn the roofline into the times vLLM actually shows. ``benchmarks/sim_fidelity.py`` prints sim vs real for every point.
 """
 
 from __future__ import annotations
@@ -22,27 +22,29 @@ class SimCalibration:
     block_size: int = 16
 
     # --- roofline efficiencies ---
-    compute_eff: float = 0.45  # fraction of dense peak reached by the linear layers
-    attn_compute_eff: float = 0.30  # FlashAttention prefill efficiency
-    bw_eff: float = 0.75  # fraction of HBM peak reached reading weights and KV
+    compute_eff: float = 0.4387  # fraction of dense peak reached by the linear layers
+    attn_compute_eff: float = 0.309  # FlashAttention prefill efficiency
+    bw_eff: float = 0.7351  # fraction of HBM peak reached reading weights and KV
     quantized_gemm_eff: float = 0.5  # int4 kernels (awq/gptq) relative to fp16 GEMM efficiency
 
     # --- per-step host overheads (seconds) ---
-    step_overhead_s: float = 1.0e-3  # scheduler + launch of one full-CUDA-graph decode step
-    per_seq_overhead_s: float = 0.04e-3  # input prep + sampling + output processing per sequence
-    piecewise_per_layer_s: float = 0.01e-3  # attention runs outside graphs in mixed (prefill) steps
-    eager_per_layer_s: float = 0.38e-3  # Python + kernel launches per layer without CUDA graphs
+    step_overhead_s: float = 0.001339  # scheduler + launch of one full-CUDA-graph decode step
+    per_seq_overhead_s: float = 5.601e-05  # input prep + sampling + output processing per sequence
+    piecewise_per_layer_s: float = 5.187e-06  # attention runs outside graphs in mixed (prefill) steps
+    eager_per_layer_s: float = 0.0004974  # Python + kernel launches per layer without CUDA graphs
     max_capture_size: int = 512  # vLLM captures decode graphs up to min(2 x max_num_seqs, 512)
 
     # --- API server (frontend) ---
-    request_overhead_s: float = 0.013  # HTTP + input processing + first-chunk streaming of one request
-    admit_serial_s: float = 0.002  # API-server time per new request, one at a time: bursts queue here
+    request_overhead_s: float = 0.0131  # HTTP + input processing + first-chunk streaming of one request
+    admit_serial_s: float = 0.003361  # API-server time per new request, one at a time: bursts queue here
+    stream_token_s: float = 1.728e-05  # API-server time to stream one token (detokenise, JSON, SSE write): at
+    # ~10k+ tok/s the one-process frontend itself saturates, delaying new requests' admission (TTFT)
 
     # --- noise ---
     step_noise_sigma: float = 0.04  # log-normal sigma of per-step time
     trial_noise_sigma: float = 0.02  # log-normal sigma shared by a whole trial (run-to-run variation)
     hiccup_prob: float = 0.02  # host hiccups (GC, scheduling): this fraction of steps takes
-    hiccup_factor: float = 2.5  # this many times longer -- the heavy tail behind real ITL p99s
+    hiccup_factor: float = 2.7  # this many times longer -- the heavy tail behind real ITL p99s
 
     # --- start-up timeline (seconds) ---
     boot_s: float = 47.0  # imports, API server, engine-core process, config validation

@@ -450,7 +450,11 @@ class _Simulation:
             used = self.total_blocks - self.free_blocks
             self.peak_used = max(self.peak_used, used)
 
-            # ---------------- apply the step
+            # ---------------- apply the step; the API server streams its tokens one by one, after
+            # whatever it still had queued (the engine core, another process, does not wait for it)
+            emitted = sum(1 for seq, n in sched if seq.computed + n == seq.num_tokens)
+            frontend_free_at = max(frontend_free_at, now) + emitted * cal.stream_token_s
+            delivered = frontend_free_at
             finished: list[_Seq] = []
             for seq, n in sched:
                 seq.computed += n
@@ -464,7 +468,7 @@ class _Simulation:
                     self.prefix_refs += 1
                 if seq.computed == seq.num_tokens:
                     seq.generated += 1
-                    seq.times.append(now)
+                    seq.times.append(delivered)
                     if seq.generated >= seq.req.output_len:
                         finished.append(seq)
             for seq in finished:
@@ -472,7 +476,7 @@ class _Simulation:
                 self._release(seq)
                 seq.done_at = now
                 results[seq.req.index] = self._result(seq)
-                finish_client(now + cal.request_overhead_s / 2)
+                finish_client(delivered + cal.request_overhead_s / 2)
 
         for idx, seq in seqs.items():
             if idx not in results:
@@ -481,7 +485,7 @@ class _Simulation:
                                              error=f"timeout: no completion within {MAX_LOAD_S:.0f} s")
         ordered = [results[r.index] for r in reqs if r.index in results]
         used_frac = self.peak_used / self.total_blocks if self.total_blocks else 0.0
-        return LoadResult(ordered, duration_s=now, engine_stats={
+        return LoadResult(ordered, duration_s=max(now, frontend_free_at), engine_stats={
             "num_preemptions": float(self.preemptions), "kv_cache_usage_peak": used_frac})
 
     def _result(self, seq: _Seq) -> RequestResult:

@@ -25,6 +25,7 @@ study proposes what the uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -38,10 +39,11 @@ from .guard import Prior
 try:
     import torch
     from botorch.acquisition.analytic import LogConstrainedExpectedImprovement
-    from botorch.exceptions import ModelFittingError
+    from botorch.exceptions.errors import ModelFittingError
     from botorch.fit import fit_gpytorch_mll
-    from botorch.models import ModelListGP, SingleTaskGP
-    from gpytorch.mlls import ExactMarginalLogLikelihood
+    from botorch.models.gp_regression import SingleTaskGP
+    from botorch.models.model_list_gp_regression import ModelListGP
+    from gpytorch.mlls import ExactMarginalLogLikelihood  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - exercised by the missing-extra test via a subprocess
     raise InputError("optimizer 'constrained-bo' needs botorch: pip install 'sloguard[bo]' "
                      "(on a CPU machine install the CPU torch wheel first)") from None
@@ -130,8 +132,6 @@ class ConstrainedBO:
         model = SingleTaskGP(x, yt)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
+            with contextlib.suppress(ModelFittingError):  # else the prior hyperparameters: still usable
                 fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
-            except ModelFittingError:
-                pass  # keep the prior hyperparameters: still a usable model
         return model
