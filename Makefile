@@ -5,7 +5,12 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: install install-core tune test lint typecheck check bench
 
+# botorch (the `bo` extra) needs torch: where this machine keeps the CPU wheel on disk, use it rather than
+# letting pip resolve a multi-GB CUDA build (an environment that already has torch keeps its own)
+CPU_TORCH ?= /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
+
 install:
+	@if [ -f "$(CPU_TORCH)" ] && ! $(PY) -c "import torch" 2>/dev/null; then $(PIP) "$(CPU_TORCH)"; fi
 	$(PIP) -e ".[dev]"
 
 install-core:

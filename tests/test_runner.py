@@ -114,3 +114,32 @@ def test_stop_after_starts_no_new_trial_and_resume_finishes(tmp_path: Path) -> N
     assert 1 <= len(partial.trials) < 6
     full = run_study(spec(budget=6), tmp_path, resume=True)
     assert [t["trial"] for t in full.trials] == list(range(6))
+
+
+def test_enqueued_configs_run_first_are_told_and_pin_the_log(tmp_path: Path) -> None:
+    base = spec("tba-tpe", budget=4)
+    assert base.space is not None
+    known = base.space.finalize({"quantization": "fp16", "max_num_seqs": 64, "max_num_batched_tokens": 4096,
+                                 "gpu_memory_utilization": 0.9, "max_model_len": 2048, "enforce_eager": False,
+                                 "enable_chunked_prefill": True, "enable_prefix_caching": True})
+    queued = StudySpec(**{**base.__dict__, "enqueue": (known,)})
+    trials = run_study(queued, tmp_path).trials
+    assert trials[0]["phase"] == "enqueued" and trials[0]["params"] == known
+    assert trials[0]["status"] == "ok" and trials[0]["metrics"]["goodput_tok_s"] > 1000
+    assert [t["phase"] for t in trials[1:]] == ["tba-explore"] * 3
+    with pytest.raises(InputError, match="its enqueue is"):  # the queue is part of the study's identity
+        run_study(StudySpec(**{**base.__dict__, "budget": 5}), tmp_path, resume=True)
+    with pytest.raises(InputError, match=r"enqueued config 1: knob 'max_num_seqs': value 4096 outside"):
+        StudySpec(**{**base.__dict__, "space": None, "enqueue": (known | {"max_num_seqs": 4096},)})
+
+
+def test_cli_enqueue_errors_name_the_problem(tmp_path: Path) -> None:
+    from sloguard_lib.cli import main
+
+    base = ["tune", "--backend", "sim", "--optimizer", "random", "--budget", "1", "--out", str(tmp_path), "--quiet"]
+    assert main([*base, "--enqueue", "{not json"]) == 2
+    assert main([*base, "--enqueue", str(tmp_path / "missing.yaml")]) == 2
+    bad = tmp_path / "q.yaml"
+    bad.write_text("- 3\n")
+    assert main([*base, "--enqueue", str(bad)]) == 2
+    assert not list(tmp_path.glob("*.jsonl"))  # nothing was started

@@ -90,3 +90,25 @@ def test_launcher_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("SLOGUARD_VLLM_PYTHON")
     monkeypatch.setattr("shutil.which", lambda _: "/usr/bin/vllm")
     assert default_launcher() == ["/usr/bin/vllm", "serve"]
+
+
+def test_port_taken_before_the_server_binds_is_retried_on_a_fresh_port(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from sloguard_lib.engine import vllm as vllm_mod
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    ports = iter([taken, vllm_mod.free_port()])
+    monkeypatch.setattr(vllm_mod, "free_port", lambda: next(ports))
+    try:
+        server = engine(tmp_path).launch({}, trial_seed=0)
+        assert server.port != taken
+        server.close()
+    finally:
+        squatter.close()
+    first_log = next((tmp_path / "logs").glob(f"*port{taken}.log")).read_text().lower()
+    assert "address already in use" in first_log

@@ -42,6 +42,8 @@ from .base import EngineCrash, ServerInfo
 
 SERVED_NAME = "sloguard"
 CPU_DEFAULT_MEMORY_UTILIZATION = 0.3
+PORT_TAKEN = "address already in use"
+PORT_RETRIES = 2
 
 
 def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]:
@@ -129,6 +131,17 @@ class VllmEngine:
         return dest
 
     def launch(self, config: Config, *, trial_seed: int) -> VllmServer:
+        """Start a server; a port taken by someone else between our check and vLLM's bind is retried on a
+        fresh port (a race of the harness, not a property of the config), at most ``PORT_RETRIES`` times."""
+        for attempt in range(PORT_RETRIES + 1):
+            try:
+                return self._launch(config, trial_seed)
+            except EngineCrash as crash:
+                if PORT_TAKEN not in crash.log_excerpt.lower() or attempt == PORT_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _launch(self, config: Config, trial_seed: int) -> VllmServer:
         model_dir = self._servable_dir()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -246,9 +259,17 @@ class VllmServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of the group (engine core, workers)
         deadline = time.perf_counter() + 30
-        while port_in_use(self.port) and time.perf_counter() < deadline:
-            time.sleep(0.2)
+        while port_in_use(self.port) and _group_alive(self.proc.pid) and time.perf_counter() < deadline:
+            time.sleep(0.2)  # a listener outside our (dead) group is someone else's: not ours to wait for
         self.log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _scrape(text: str) -> dict[str, float]:
