@@ -91,6 +91,14 @@ class Knob:
             return round(min(value, self.high), 10)
         return float(value)
 
+    def unit(self, value: float) -> float:
+        """A numeric value's position in [0, 1] across this knob's range (in log space for log knobs)."""
+        assert self.low is not None and self.high is not None
+        lo, hi, v = float(self.low), float(self.high), float(value)
+        if self.log:
+            lo, hi, v = math.log(lo), math.log(hi), math.log(v)
+        return 0.0 if hi == lo else (v - lo) / (hi - lo)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.kind in ("int", "float"):
@@ -190,11 +198,7 @@ class SearchSpace:
             elif k.kind == "categorical":
                 out.append(k.choices.index(params[k.name]) / max(1, len(k.choices) - 1))
             else:
-                assert k.low is not None and k.high is not None
-                lo, hi, v = float(k.low), float(k.high), float(params[k.name])
-                if k.log:
-                    lo, hi, v = math.log(lo), math.log(hi), math.log(v)
-                out.append(0.0 if hi == lo else (v - lo) / (hi - lo))
+                out.append(k.unit(params[k.name]))
         return np.asarray(out, dtype=float)
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> SearchSpace:

@@ -118,22 +118,15 @@ def _same_hardware(rec: Mapping[str, Any], model: ModelShape, gpu: GpuProfile) -
 
 
 class ConfigDistance:
-    """Euclidean distance with each numeric knob scaled by its search range (log where the space is log)."""
+    """Euclidean distance with each numeric knob scaled by its search range (log where the space is log;
+    recorded values outside the range, like a grid's gmu 0.03, extrapolate), plus 1 per differing flag."""
 
     def __init__(self) -> None:
         space = build_serving_space()
-        self.scales: dict[str, tuple[bool, float]] = {}
-        for name in NUMERIC_KNOBS:
-            k = space.knob(name)
-            assert k.low is not None and k.high is not None
-            lo, hi = float(k.low), float(k.high)
-            self.scales[name] = (k.log, math.log(hi / lo) if k.log else hi - lo)
+        self.knobs = [space.knob(name) for name in NUMERIC_KNOBS]
 
     def __call__(self, a: Config, b: Config) -> float:
-        total = 0.0
-        for name, (log, scale) in self.scales.items():
-            x, y = float(a[name]), float(b[name])
-            total += ((math.log(x / y) if log else x - y) / scale) ** 2
+        total = sum((k.unit(a[k.name]) - k.unit(b[k.name])) ** 2 for k in self.knobs)
         total += sum(a[k] != b[k] for k in (*BOOL_KNOBS, "quantization"))
         return math.sqrt(total)
 

@@ -130,11 +130,7 @@ class ConstrainedBO:
             elif k.kind == "bool":
                 row.append(float(params[k.name]) if k.name in params else 0.5)
             else:
-                assert k.low is not None and k.high is not None
-                lo, hi, v = float(k.low), float(k.high), float(params[k.name])
-                if k.log:
-                    lo, hi, v = math.log(lo), math.log(hi), math.log(v)
-                row.append(0.0 if hi == lo else (v - lo) / (hi - lo))
+                row.append(k.unit(params[k.name]))
         return row
 
     def _fit(self, x: torch.Tensor, y: list[float]) -> SingleTaskGP:
