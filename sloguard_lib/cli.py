@@ -45,6 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="engine backend (default: vllm on a GPU machine, else sim)")
     p.add_argument("--data", action="append", default=None, metavar="JSONL",
                    help="replay backend: recorded calibration grids / study logs (repeatable; default: results/h100)")
+    p.add_argument("--load-procs", type=int, default=1, metavar="N",
+                   help="vllm backend: load-generator processes (one parses ~40k streamed tokens/s)")
     p.add_argument("--workload", default="", help="e.g. concurrency=16,input_len=512,output_len=128,num_requests=64")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--slo-ttft-p99", type=float, default=500.0, help="TTFT p99 SLO in ms")
@@ -144,6 +146,12 @@ def _configs(text: str) -> list[dict[str, Any]]:
     return configs
 
 
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.load_procs < 1:
+        raise InputError(f"--load-procs must be >= 1, got {args.load_procs}")
+    return {"data": args.data, "load_procs": args.load_procs}
+
+
 def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     gpu = args.gpu or _default_gpu()
     backend = args.backend or default_backend()
@@ -151,7 +159,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     spec = StudySpec(model=args.model, gpu=gpu, optimizer=args.optimizer, seed=args.seed, budget=args.budget,
                      backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload),
                      enqueue=tuple(c for text in args.enqueue for c in _configs(text)))
-    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), {"data": args.data})
+    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), _engine_options(args))
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
     console.print(f"[bold]SLO-Guard[/] {spec.optimizer} on {backend}: {spec.model} / {gpu}, "
                   f"{spec.workload.describe()}, SLO TTFT p99 {spec.slo.ttft_p99_ms:g} ms / ITL p99 "
@@ -201,7 +209,7 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     backend = args.backend or default_backend()
     config: dict[str, Any] = {k: getattr(args, k) for k in (*NUMERIC_KNOBS, *BOOL_KNOBS, "quantization")
                               if getattr(args, k) is not None}
-    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), {"data": args.data})
+    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), _engine_options(args))
     workload = parse_workload(args.workload)
     rec = evaluate(engine, config, workload, _slo(args), trial_seed(args.seed, 0))
     rec |= {"backend": backend, "gpu": gpu, "model": args.model, "workload": workload.to_dict()}

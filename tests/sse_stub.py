@@ -8,6 +8,7 @@ lets tests and the load-generator benchmark check parsing, timing and failure ha
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ class SSEStub:
         self.health = health
         self.port = 0
         self.requests = 0
+        self.in_flight = self.max_in_flight = 0  # concurrent completion streams
         self.last_body: dict = {}  # type: ignore[type-arg]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -57,23 +59,36 @@ class SSEStub:
                 if chat:  # vLLM opens a chat stream with a role-only delta: not a token
                     self._chunk(writer, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                       "finish_reason": None}]})
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                burst: list[bytes] = []
                 for i in range(n):
                     if i and self.token_interval_s:
                         await asyncio.sleep(self.token_interval_s)
-                    fin = "length" if i == n - 1 else None
-                    choice = {"delta": {"content": f" w{i}"}} if chat else {"text": f" w{i}"}
-                    self._chunk(writer, {"choices": [{"index": 0, **choice, "finish_reason": fin}]})
-                    if self.token_interval_s or i % 16 == 15:
+                    burst.append(self._token_chunk(i, i == n - 1, chat))
+                    if self.token_interval_s or len(burst) == 16:  # with no delay, one write per 16 events
+                        writer.write(b"".join(burst))
+                        burst.clear()
                         await writer.drain()
+                writer.write(b"".join(burst))
                 self._chunk(writer, {"choices": [], "usage": {"prompt_tokens": len(body.get("prompt", [])),
                                                                "completion_tokens": n}})
                 self._raw(writer, b"data: [DONE]\n\n")
                 writer.write(b"0\r\n\r\n")
+                self.in_flight -= 1
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    @functools.lru_cache(maxsize=8192)  # noqa: B019 - the stub lives as long as its process
+    def _token_chunk(self, i: int, last: bool, chat: bool) -> bytes:
+        """One token's HTTP chunk, encoded once: the benchmark measures the client, so the stub stays cheap."""
+        fin = "length" if last else None
+        choice = {"delta": {"content": f" w{i}"}} if chat else {"text": f" w{i}"}
+        data = b"data: " + json.dumps({"choices": [{"index": 0, **choice, "finish_reason": fin}]}).encode() + b"\n\n"
+        return b"%x\r\n%s\r\n" % (len(data), data)
 
     def _chunk(self, writer: asyncio.StreamWriter, obj: dict) -> None:  # type: ignore[type-arg]
         self._raw(writer, b"data: " + json.dumps(obj).encode() + b"\n\n")

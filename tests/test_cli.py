@@ -48,6 +48,7 @@ def test_tune_prints_best_config(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (["--workload", "concurency=4"], "unknown field 'concurency'"),
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["--budget", "0"], "budget must be >= 1"),
+    (["--load-procs", "0"], "--load-procs must be >= 1"),
 ])
 def test_bad_input_is_named_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
                                         named: str) -> None:

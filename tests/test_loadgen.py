@@ -22,6 +22,18 @@ def test_streams_are_parsed_and_timed() -> None:
     assert m["throughput_tok_s"] == pytest.approx(80 / load.duration_s)
 
 
+def test_client_processes_split_the_load_and_start_together() -> None:
+    with SSEStub(token_interval_s=0.005).running() as stub:
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, processes=2)
+        load = run_load(target, Workload(concurrency=4, num_requests=12, input_len=8, output_len=10, warmup=1))
+    assert stub.requests == 13  # one warm-up for the whole load, not one per process
+    assert stub.max_in_flight == 4  # 2 + 2: the workload's concurrency, not 4 per process
+    assert [r.index for r in load.requests] == list(range(12))
+    assert all(r.ok and r.output_tokens == 10 and len(r.itl_s) == 9 for r in load.requests)
+    # 3 rounds of ~50 ms streams in each shard: one common start, so the load lasts ~3 rounds, not 6
+    assert 0.15 <= load.duration_s < 0.3
+
+
 def test_http_errors_are_recorded_not_raised() -> None:
     with SSEStub(fail_status=500).running() as stub:
         target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000)
@@ -36,9 +48,11 @@ def test_stalled_server_fails_requests_instead_of_hanging() -> None:
     assert all(not r.ok and (r.error or "").startswith("stall") for r in load.requests)
 
 
-def test_dead_server_is_a_connection_error() -> None:
-    target = LoadTarget("http://127.0.0.1:9", "m", vocab_size=1000)
-    load = run_load(target, Workload(concurrency=2, num_requests=2, output_len=4, warmup=0))
+@pytest.mark.parametrize("processes", [1, 2])
+def test_dead_server_is_a_connection_error(processes: int) -> None:
+    target = LoadTarget("http://127.0.0.1:9", "m", vocab_size=1000, processes=processes)
+    load = run_load(target, Workload(concurrency=2, num_requests=3, output_len=4, warmup=0))
+    assert [r.index for r in load.requests] == [0, 1, 2]
     assert all(not r.ok and "ConnectError" in (r.error or "") for r in load.requests)
 
 

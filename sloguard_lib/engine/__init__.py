@@ -12,12 +12,13 @@ from .replay import ReplayEngine
 from .sim import SimEngine
 from .vllm import VllmEngine
 
-#: (model, gpu, backend options) -> engine; each backend reads only the options it knows (``data`` for replay)
+#: (model, gpu, backend options) -> engine; each backend reads only the options it knows (``data`` for replay,
+#: ``load_procs`` for vllm)
 EngineFactory = Callable[[ModelShape, GpuProfile, Mapping[str, Any]], Engine]
 
 BACKENDS: dict[str, EngineFactory] = {
     "sim": lambda model, gpu, opts: SimEngine(model, gpu),
-    "vllm": lambda model, gpu, opts: VllmEngine(model, gpu),
+    "vllm": lambda model, gpu, opts: VllmEngine(model, gpu, load_procs=opts.get("load_procs", 1)),
     "replay": lambda model, gpu, opts: ReplayEngine(model, gpu, opts.get("data")),
 }
 

@@ -102,13 +102,14 @@ class VllmEngine:
 
     def __init__(self, model: ModelShape, gpu: GpuProfile, *, log_dir: str | Path = "results/server_logs",
                  vllm_cmd: list[str] | None = None, startup_timeout_s: float = 900.0,
-                 extra_args: list[str] | None = None, stall_timeout_s: float = 60.0) -> None:
+                 extra_args: list[str] | None = None, stall_timeout_s: float = 60.0, load_procs: int = 1) -> None:
         # no GPU here: whatever profile was asked for, the vLLM that runs is the CPU build on this host
         self.model, self.gpu = model, gpu if has_gpu() else get_gpu("cpu")
         self.log_dir = Path(log_dir)
         self.vllm_cmd = vllm_cmd or default_launcher()
         self.startup_timeout_s, self.stall_timeout_s = startup_timeout_s, stall_timeout_s
         self.extra_args = extra_args or []
+        self.load_procs = load_procs
         self._n = 0
 
     def describe(self) -> dict[str, Any]:
@@ -172,7 +173,7 @@ class VllmEngine:
             backend=self.name, engine_version=server.version(), gpu=self.gpu.name, model=self.model.name,
             start_s=time.perf_counter() - t0, kv_cache_tokens=server.kv_cache_tokens(), extra={"log": str(log_path)})
         server.target = LoadTarget(f"http://127.0.0.1:{port}", SERVED_NAME, self.model.vocab_size,
-                                   stall_timeout_s=self.stall_timeout_s)
+                                   stall_timeout_s=self.stall_timeout_s, processes=self.load_procs)
         return server
 
 
