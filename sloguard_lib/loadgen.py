@@ -130,7 +130,7 @@ async def _one(client: httpx.AsyncClient, target: LoadTarget, req: Request, seed
     return res
 
 
-async def run_load_async(target: LoadTarget, workload: Workload, requests: list[Request] | None = None,
+async def _drive_async(target: LoadTarget, workload: Workload, requests: list[Request] | None = None,
                          concurrency: int | None = None, warmup: int | None = None,
                          gate: Callable[[], None] | None = None) -> tuple[list[RequestResult], float, float]:
     """Drive ``requests`` (default: the whole workload) with ``concurrency`` in flight; returns the results
@@ -183,7 +183,7 @@ def _drive(target: LoadTarget, workload: Workload, requests: list[Request] | Non
            concurrency: int | None = None, warmup: int | None = None,
            gate: Callable[[], None] | None = None) -> tuple[list[RequestResult], float, float]:
     with _event_loop() as runner:
-        return runner.run(run_load_async(target, workload, requests, concurrency, warmup, gate))
+        return runner.run(_drive_async(target, workload, requests, concurrency, warmup, gate))
 
 
 def run_load(target: LoadTarget, workload: Workload) -> LoadResult:
