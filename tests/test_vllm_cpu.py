@@ -51,8 +51,9 @@ def vllm_processes() -> list[str]:
 
 def test_bench_against_a_real_cpu_server_then_nothing_is_left(vllm_env: dict[str, str], tmp_path: Path) -> None:
     before = vllm_processes()
-    done = sloguard(["bench", "--backend", "vllm", "--model", str(TINY), "--workload", WORKLOAD, "--json"],
-                    vllm_env, tmp_path)
+    # two client processes: the sharded load generator against a real server, merged to 16 requests
+    done = sloguard(["bench", "--backend", "vllm", "--model", str(TINY), "--workload", WORKLOAD, "--json",
+                     "--load-procs", "2"], vllm_env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rec = json.loads(done.stdout)
     m = rec["metrics"]
