@@ -127,8 +127,8 @@ def one_run(job: tuple[Scenario, str, int, int]) -> dict[str, Any]:
 
 def score(runs: list[dict[str, Any]], best: float) -> pd.DataFrame:
     """Per run: the anytime curve (expected goodput of the incumbent), reach and crash waste here; fast
-    cluster, post-hit consistency and best
-    latency from :func:`sloguard_lib.report.per_run`, the same code the analysis notebook uses."""
+    cluster, post-hit consistency and best latency from :func:`sloguard_lib.report.per_run`, the same code
+    the analysis notebook uses."""
     trials = pd.DataFrame([{"optimizer": r["optimizer"], "seed": r["seed"], "trial": i, "status": st,
                             "utility": u, "latency_ms": lat}
                            for r in runs for i, (st, u, lat) in enumerate(zip(r["status"], r["utility"], r["latency"],

@@ -131,8 +131,8 @@ async def _one(client: httpx.AsyncClient, target: LoadTarget, req: Request, seed
 
 
 async def _drive_async(target: LoadTarget, workload: Workload, requests: list[Request] | None = None,
-                         concurrency: int | None = None, warmup: int | None = None,
-                         gate: Callable[[], None] | None = None) -> tuple[list[RequestResult], float, float]:
+                       concurrency: int | None = None, warmup: int | None = None,
+                       gate: Callable[[], None] | None = None) -> tuple[list[RequestResult], float, float]:
     """Drive ``requests`` (default: the whole workload) with ``concurrency`` in flight; returns the results
     and the perf_counter of the first send and the last byte. ``gate`` is called after the warm-up and
     blocks until every client process is ready, so shards start together."""
@@ -141,9 +141,9 @@ async def _drive_async(target: LoadTarget, workload: Workload, requests: list[Re
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(connect=10.0, read=target.stall_timeout_s, write=30.0, pool=None)
     async with httpx.AsyncClient(base_url=target.base_url, limits=limits, timeout=timeout) as client:
-        first = workload.requests()[0]
         for i in range(workload.warmup if warmup is None else warmup):
-            warm = Request(workload.num_requests + i, first.prompt_len, min(first.output_len, 16), 0, 0.0)
+            like = workload.requests()[0]
+            warm = Request(workload.num_requests + i, like.prompt_len, min(like.output_len, 16), 0, 0.0)
             await _one(client, target, warm, workload.seed + 1, workload.api)
         if gate is not None:
             gate()

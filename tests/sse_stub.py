@@ -15,6 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+@functools.lru_cache(maxsize=8192)
+def _token_chunk(i: int, last: bool, chat: bool) -> bytes:
+    """One token's HTTP chunk, encoded once: the benchmark measures the client, so the stub stays cheap."""
+    fin = "length" if last else None
+    choice = {"delta": {"content": f" w{i}"}} if chat else {"text": f" w{i}"}
+    data = b"data: " + json.dumps({"choices": [{"index": 0, **choice, "finish_reason": fin}]}).encode() + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 class SSEStub:
     def __init__(self, token_interval_s: float = 0.0, ttft_s: float = 0.0, fail_status: int | None = None,
                  health: bool = True) -> None:
@@ -65,7 +74,7 @@ class SSEStub:
                 for i in range(n):
                     if i and self.token_interval_s:
                         await asyncio.sleep(self.token_interval_s)
-                    burst.append(self._token_chunk(i, i == n - 1, chat))
+                    burst.append(_token_chunk(i, i == n - 1, chat))
                     if self.token_interval_s or len(burst) == 16:  # with no delay, one write per 16 events
                         writer.write(b"".join(burst))
                         burst.clear()
@@ -81,14 +90,6 @@ class SSEStub:
             pass
         finally:
             writer.close()
-
-    @functools.lru_cache(maxsize=8192)  # noqa: B019 - the stub lives as long as its process
-    def _token_chunk(self, i: int, last: bool, chat: bool) -> bytes:
-        """One token's HTTP chunk, encoded once: the benchmark measures the client, so the stub stays cheap."""
-        fin = "length" if last else None
-        choice = {"delta": {"content": f" w{i}"}} if chat else {"text": f" w{i}"}
-        data = b"data: " + json.dumps({"choices": [{"index": 0, **choice, "finish_reason": fin}]}).encode() + b"\n\n"
-        return b"%x\r\n%s\r\n" % (len(data), data)
 
     def _chunk(self, writer: asyncio.StreamWriter, obj: dict) -> None:  # type: ignore[type-arg]
         self._raw(writer, b"data: " + json.dumps(obj).encode() + b"\n\n")
