@@ -1,25 +1,32 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sloguard_lib.errors import InputError
 from sloguard_lib.optimizers import OPTIMIZERS, Outcome, make_optimizer
+from sloguard_lib.optimizers.tba import TBA
 from sloguard_lib.space import build_serving_space
 
 SPACE = build_serving_space()
 
 
+def _outcome(params: dict) -> Outcome:  # type: ignore[type-arg]
+    """Crashes below 0.7 memory share; SLO misses (which make TBA probe flags) below a utility of 150."""
+    if params["gpu_memory_utilization"] < 0.7:
+        return Outcome("crash", None)
+    utility = float(params["max_num_seqs"] * (2 - params["enforce_eager"]))
+    return Outcome("ok" if utility >= 150 else "slo_violation", utility)
+
+
 def _drive(name: str, seed: int, n: int) -> list[dict]:  # type: ignore[type-arg]
     opt = make_optimizer(name, SPACE, seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         params = opt.ask().params
         SPACE.validate(params)
-        crashed = params["gpu_memory_utilization"] < 0.7
-        utility = None if crashed else float(params["max_num_seqs"] * (2 - params["enforce_eager"]))
-        opt.tell(params, Outcome("crash" if crashed else "ok", utility))
+        opt.tell(params, _outcome(params))
         out.append(params)
-        assert i == len(out) - 1
     return out
 
 
@@ -35,9 +42,7 @@ def test_replayed_history_gives_the_same_next_proposal(name: str) -> None:
     history = _drive(name, 5, 9)
     fresh = make_optimizer(name, SPACE, 5)
     for params in history[:8]:
-        crashed = params["gpu_memory_utilization"] < 0.7
-        utility = None if crashed else float(params["max_num_seqs"] * (2 - params["enforce_eager"]))
-        fresh.tell(params, Outcome("crash" if crashed else "ok", utility))
+        fresh.tell(params, _outcome(params))
     assert fresh.ask().params == history[8]
 
 
@@ -143,3 +148,30 @@ def test_constrained_bo_without_botorch_is_a_clear_error() -> None:
             "make_optimizer('constrained-bo', build_serving_space(), 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode != 0 and "needs botorch: pip install 'sloguard[bo]'" in done.stderr
+
+
+def test_tba_probes_the_flags_of_its_best_miss_until_a_config_meets_the_slo() -> None:
+    """Every miss so far ran eager: annealing and the density ratio would stay there; a probe flips it."""
+    tba = TBA(SPACE, seed=0, n_init=2)
+    numeric = {"quantization": "fp16", "max_num_seqs": 32, "max_num_batched_tokens": 1024,
+               "gpu_memory_utilization": 0.9, "max_model_len": 2048}
+    best = numeric | {"enforce_eager": True, "enable_prefix_caching": False}
+    tba.tell(best, Outcome("slo_violation", 60.0))
+    tba.tell(numeric | {"enforce_eager": True, "enable_prefix_caching": True, "max_num_seqs": 8},
+             Outcome("slo_violation", 20.0))
+    probes = tba.probes(best, np.random.default_rng(0))
+    assert probes == [numeric | {"enforce_eager": False, "enable_chunked_prefill": False,
+                                 "enable_prefix_caching": False},
+                      numeric | {"enforce_eager": False, "enable_chunked_prefill": True,
+                                 "enable_prefix_caching": False},
+                      numeric | {"enforce_eager": True, "enable_prefix_caching": True}]
+    asked = []
+    for _ in range(3):
+        proposal = tba.ask()
+        assert proposal.phase == "tba-probe"
+        SPACE.validate(proposal.params)
+        asked.append(proposal.params)
+        tba.tell(proposal.params, Outcome("slo_violation", 10.0))
+    assert asked == probes
+    tba.tell(probes[1] | {"max_num_seqs": 40}, Outcome("ok", 90.0))  # feasible: back to annealing
+    assert tba.ask().phase != "tba-probe"

@@ -8,8 +8,13 @@ rejects (memory prior, learned blacklist, OOB-gated forest) or that was already 
 survivors it usually picks the one a TPE-style density ratio l(x)/g(x) over the non-crashed trials likes
 best (good = top third by utility), so moves inside the feasible region follow what has worked; a
 temperature-scaled share of moves (at least ``min_explore``) instead takes the candidate farthest from
-everything tried, so a mode seen first cannot trap the search. ``tell`` applies the Metropolis rule to
-move the annealing state and cools the temperature; a crash never becomes the state.
+everything tried, so a mode seen first cannot trap the search. While no trial has met the SLO, that share
+first goes to *discrete probes* of the best trial: the same config with one boolean or categorical knob
+changed (a newly active child flag tried at each value). Single-knob moves and the density ratio cannot
+see that a miss is caused by, say, eager mode when every near-miss so far was eager; and a feasible region
+that needs two flags at once (CUDA graphs *and* chunked prefill for long prompts) is one probe away.
+``tell`` applies the Metropolis rule to move the annealing state and cools the temperature; a crash never
+becomes the state.
 
 Everything random is seeded from (seed, trial number), and the state is a function of the told history,
 so a replayed study continues exactly like the uninterrupted one.
@@ -71,9 +76,16 @@ class TBA:
             exploring = True
         if not allowed:
             return Proposal(candidates[0], phase="tba-forced")
+        explore_share = max(self.min_explore, 0.5 * self.temperature)
+        if not exploring and not any(o.status == "ok" for _, o in self.history):
+            assert self.best is not None
+            fresh = (c for c in self.probes(self.best, rng) if config_key(c) not in tried and self.guard.allows(c))
+            probe = next(fresh, None)
+            if probe is not None:
+                return Proposal(probe, phase="tba-probe")
         # the density ratio alone never leaves a mode it has only ever seen (every good trial eager, say):
         # a temperature-scaled share of the moves goes to the least-explored allowed candidate instead
-        exploring = exploring or rng.random() < max(self.min_explore, 0.5 * self.temperature)
+        exploring = exploring or rng.random() < explore_share
         pick = self._most_spread(allowed) if exploring else self._most_promising(allowed, rng)
         return Proposal(pick, phase="tba-explore" if exploring else "tba-anneal")
 
@@ -93,6 +105,33 @@ class TBA:
                 out[k.name] = _step(k, params[k.name], scale, rng)
             else:
                 out[k.name] = params[k.name]
+        return out
+
+    def probes(self, params: Config, rng: np.random.Generator) -> list[Config]:
+        """``params`` with one boolean/categorical knob changed, in knob order; a child knob that becomes
+        active is enumerated if discrete, sampled if numeric."""
+        out: list[Config] = []
+        for knob in self.space.knobs:
+            if knob.name not in params or knob.kind not in ("bool", "categorical"):
+                continue
+            values = (False, True) if knob.kind == "bool" else knob.choices
+            for value in (v for v in values if v != params[knob.name]):
+                partial: list[Config] = [{}]
+                for k in self.space.knobs:
+                    grown: list[Config] = []
+                    for c in partial:
+                        if not self.space.is_active(k, c):
+                            grown.append(c)
+                        elif k.name == knob.name:
+                            grown.append(c | {k.name: value})
+                        elif k.name in params:
+                            grown.append(c | {k.name: params[k.name]})
+                        elif k.kind in ("bool", "categorical"):
+                            grown += [c | {k.name: v} for v in ((False, True) if k.kind == "bool" else k.choices)]
+                        else:
+                            grown.append(c | {k.name: k.sample(rng)})
+                    partial = grown
+                out += partial
         return out
 
     def _most_spread(self, candidates: list[Config]) -> Config:
