@@ -189,7 +189,7 @@ def figures(df: pd.DataFrame, budget: int, out: Path) -> None:
     long["curve"] = long["curve"].astype(float)
     grid = sns.relplot(data=long, x="trial", y="curve", hue="optimizer", col="scenario", col_wrap=2, kind="line",
                        errorbar=("ci", 95), height=3.2, aspect=1.4, facet_kws={"sharey": False})
-    grid.set_axis_labels("trial", "best goodput (% of best)")
+    grid.set_axis_labels("trial", "incumbent goodput (% of best)")
     grid.set_titles("{col_name}")
     for ax in grid.axes.flat:
         ax.axhline(95, color="grey", lw=0.8, ls="--")
