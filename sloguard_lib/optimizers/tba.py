@@ -8,11 +8,12 @@ rejects (memory prior, learned blacklist, OOB-gated forest) or that was already 
 survivors it usually picks the one a TPE-style density ratio l(x)/g(x) over the non-crashed trials likes
 best (good = top third by utility), so moves inside the feasible region follow what has worked; a
 temperature-scaled share of moves (at least ``min_explore``) instead takes the candidate farthest from
-everything tried, so a mode seen first cannot trap the search. While no trial has met the SLO, that share
-first goes to *discrete probes* of the best trial: the same config with one boolean or categorical knob
-changed (a newly active child flag tried at each value). Single-knob moves and the density ratio cannot
-see that a miss is caused by, say, eager mode when every near-miss so far was eager; and a feasible region
-that needs two flags at once (CUDA graphs *and* chunked prefill for long prompts) is one probe away.
+everything tried, so a mode seen first cannot trap the search. While no trial has met the SLO, moves
+after the space-filling start are first *discrete probes* of the best trial, until they are used up: the
+same config with one boolean or categorical knob changed (a newly active child flag tried at each value).
+Single-knob moves and the density ratio cannot see that a miss is caused by, say, eager mode when every
+near-miss so far was eager; and a feasible region that needs two flags at once (CUDA graphs *and* chunked
+prefill for long prompts) is one probe away.
 ``tell`` applies the Metropolis rule to move the annealing state and cools the temperature; a crash never
 becomes the state.
 
@@ -76,7 +77,6 @@ class TBA:
             exploring = True
         if not allowed:
             return Proposal(candidates[0], phase="tba-forced")
-        explore_share = max(self.min_explore, 0.5 * self.temperature)
         if not exploring and not any(o.status == "ok" for _, o in self.history):
             assert self.best is not None
             fresh = (c for c in self.probes(self.best, rng) if config_key(c) not in tried and self.guard.allows(c))
@@ -85,7 +85,7 @@ class TBA:
                 return Proposal(probe, phase="tba-probe")
         # the density ratio alone never leaves a mode it has only ever seen (every good trial eager, say):
         # a temperature-scaled share of the moves goes to the least-explored allowed candidate instead
-        exploring = exploring or rng.random() < explore_share
+        exploring = exploring or rng.random() < max(self.min_explore, 0.5 * self.temperature)
         pick = self._most_spread(allowed) if exploring else self._most_promising(allowed, rng)
         return Proposal(pick, phase="tba-explore" if exploring else "tba-anneal")
 
