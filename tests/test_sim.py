@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +138,16 @@ def test_open_loop_poisson_rate_sets_throughput(h100_qwen: SimEngine) -> None:
     wl = Workload(concurrency=256, rate=10.0, num_requests=100, input_len=256, output_len=64)
     m = run(h100_qwen, REF_CONFIG, wl)
     assert m["request_throughput"] == pytest.approx(10.0, rel=0.25)
+
+
+def test_sim_fidelity_benchmark_runs_on_the_committed_grid() -> None:
+    """The acceptance command itself, as CI runs it: per-metric errors and the crash verdicts."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "sim_fidelity.py")], capture_output=True,
+                          text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = dict(re.findall(r"^(\w+_(?:ms|tok_s|tokens))\s+([\d.]+)%", done.stdout, flags=re.M))
+    assert set(table) == {"kv_cache_tokens", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
+                          "throughput_tok_s"}
+    assert float(table["kv_cache_tokens"]) < 1 and float(table["throughput_tok_s"]) < 15
+    assert "crash verdict agreement: 100%" in done.stdout
