@@ -15,13 +15,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+def _http_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _sse_chunk(obj: dict) -> bytes:  # type: ignore[type-arg]
+    """One SSE data event in its own HTTP chunk, as vLLM streams them."""
+    return _http_chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+
 @functools.lru_cache(maxsize=8192)
 def _token_chunk(i: int, last: bool, chat: bool) -> bytes:
-    """One token's HTTP chunk, encoded once: the benchmark measures the client, so the stub stays cheap."""
-    fin = "length" if last else None
+    """One token's chunk, encoded once: the benchmark measures the client, so the stub stays cheap."""
     choice = {"delta": {"content": f" w{i}"}} if chat else {"text": f" w{i}"}
-    data = b"data: " + json.dumps({"choices": [{"index": 0, **choice, "finish_reason": fin}]}).encode() + b"\n\n"
-    return b"%x\r\n%s\r\n" % (len(data), data)
+    return _sse_chunk({"choices": [{"index": 0, **choice, "finish_reason": "length" if last else None}]})
 
 
 class SSEStub:
@@ -66,8 +73,8 @@ class SSEStub:
                 self.last_body = body
                 await asyncio.sleep(self.ttft_s)
                 if chat:  # vLLM opens a chat stream with a role-only delta: not a token
-                    self._chunk(writer, {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                      "finish_reason": None}]})
+                    writer.write(_sse_chunk({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                          "finish_reason": None}]}))
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
                 burst: list[bytes] = []
@@ -80,9 +87,9 @@ class SSEStub:
                         burst.clear()
                         await writer.drain()
                 writer.write(b"".join(burst))
-                self._chunk(writer, {"choices": [], "usage": {"prompt_tokens": len(body.get("prompt", [])),
-                                                               "completion_tokens": n}})
-                self._raw(writer, b"data: [DONE]\n\n")
+                writer.write(_sse_chunk({"choices": [], "usage": {"prompt_tokens": len(body.get("prompt", [])),
+                                                                   "completion_tokens": n}}))
+                writer.write(_http_chunk(b"data: [DONE]\n\n"))
                 writer.write(b"0\r\n\r\n")
                 self.in_flight -= 1
                 await writer.drain()
@@ -90,13 +97,6 @@ class SSEStub:
             pass
         finally:
             writer.close()
-
-    def _chunk(self, writer: asyncio.StreamWriter, obj: dict) -> None:  # type: ignore[type-arg]
-        self._raw(writer, b"data: " + json.dumps(obj).encode() + b"\n\n")
-
-    @staticmethod
-    def _raw(writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     async def serve_forever(self, port: int) -> None:
         server = await asyncio.start_server(self._handle, "127.0.0.1", port)
