@@ -130,21 +130,20 @@ async def _one(client: httpx.AsyncClient, target: LoadTarget, req: Request, seed
     return res
 
 
-async def _drive_async(target: LoadTarget, workload: Workload, requests: list[Request] | None = None,
-                       concurrency: int | None = None, warmup: int | None = None,
+async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Request], concurrency: int, warmup: int,
                        gate: Callable[[], None] | None = None) -> tuple[list[RequestResult], float, float]:
-    """Drive ``requests`` (default: the whole workload) with ``concurrency`` in flight; returns the results
-    and the perf_counter of the first send and the last byte. ``gate`` is called after the warm-up and
-    blocks until every client process is ready, so shards start together."""
-    reqs = workload.requests() if requests is None else requests
-    concurrency = concurrency or workload.concurrency
+    """Drive ``reqs`` (the workload's, or one shard's) with ``concurrency`` in flight after ``warmup``
+    discarded requests; returns the results and the perf_counter of the first send and the last byte.
+    ``gate`` is called after the warm-up and blocks until every client process is ready, so shards start
+    together."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(connect=10.0, read=target.stall_timeout_s, write=30.0, pool=None)
     async with httpx.AsyncClient(base_url=target.base_url, limits=limits, timeout=timeout) as client:
-        for i in range(workload.warmup if warmup is None else warmup):
-            like = workload.requests()[0]
-            warm = Request(workload.num_requests + i, like.prompt_len, min(like.output_len, 16), 0, 0.0)
-            await _one(client, target, warm, workload.seed + 1, workload.api)
+        if warmup:
+            like = workload.requests()[0]  # warm-ups mimic the workload's first request, 16 tokens at most
+            for i in range(warmup):
+                warm = Request(workload.num_requests + i, like.prompt_len, min(like.output_len, 16), 0, 0.0)
+                await _one(client, target, warm, workload.seed + 1, workload.api)
         if gate is not None:
             gate()
         sem = asyncio.Semaphore(concurrency)
@@ -179,11 +178,10 @@ def _event_loop() -> Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def _drive(target: LoadTarget, workload: Workload, requests: list[Request] | None = None,
-           concurrency: int | None = None, warmup: int | None = None,
+def _drive(target: LoadTarget, workload: Workload, reqs: list[Request], concurrency: int, warmup: int,
            gate: Callable[[], None] | None = None) -> tuple[list[RequestResult], float, float]:
     with _event_loop() as runner:
-        return runner.run(_drive_async(target, workload, requests, concurrency, warmup, gate))
+        return runner.run(_drive_async(target, workload, reqs, concurrency, warmup, gate))
 
 
 def run_load(target: LoadTarget, workload: Workload) -> LoadResult:
@@ -191,10 +189,10 @@ def run_load(target: LoadTarget, workload: Workload) -> LoadResult:
     split between them (the sum is the workload's), one warm-up, and a common start. perf_counter is the
     system-wide monotonic clock, so the shards' timestamps compare directly."""
     n = max(1, min(target.processes, workload.concurrency, workload.num_requests))
-    if n == 1:
-        results, start, end = _drive(target, workload)
-        return LoadResult(results, duration_s=end - start)
     reqs = workload.requests()
+    if n == 1:
+        results, start, end = _drive(target, workload, reqs, workload.concurrency, workload.warmup)
+        return LoadResult(results, duration_s=end - start)
     ctx = mp.get_context("spawn")  # fork is unsafe once threads exist (notebooks, torch)
     barrier = ctx.Barrier(n)
     out: mp.queues.Queue[Any] = ctx.Queue()
