@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from sloguard_lib.errors import InputError
@@ -175,3 +181,19 @@ def test_tba_probes_the_flags_of_its_best_miss_until_a_config_meets_the_slo() ->
     assert asked == probes
     tba.tell(probes[1] | {"max_num_seqs": 40}, Outcome("ok", 90.0))  # feasible: back to annealing
     assert tba.ask().phase != "tba-probe"
+
+
+def test_optimizer_benchmark_scores_runs_against_the_landscape(tmp_path: Path) -> None:
+    """A miniature of the acceptance command: the table, the CSV and the figures, with consistent scores."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "optimizers.py"), "--seeds", "3", "--budget", "6",
+         "--landscape", "40", "--optimizers", "random", "tba-tpe", "--scenarios", "llama8b-l4-crashy",
+         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"^\| tba-tpe \| [\d.]+ ± [\d.]+ \| \d+% \| \d+% \|", done.stdout, flags=re.M), done.stdout
+    df = pd.read_csv(tmp_path / "results" / "benchmarks" / "optimizers_b6.csv")
+    assert len(df) == 6 and set(df.optimizer) == {"random", "tba-tpe"}
+    assert df.final_best_pct.between(0, 100).all()  # the landscape best includes every launched config
+    assert (df.found_95 | ~df.reached_95).all()  # recommending a config within 5 % means one was launched
+    assert (tmp_path / "figures" / "benchmarks" / "anytime_b6.png").stat().st_size > 10_000
