@@ -91,6 +91,11 @@ class Knob:
             return round(min(value, self.high), 10)
         return float(value)
 
+    @property
+    def values(self) -> tuple[Any, ...]:
+        """Every value of a boolean or categorical knob, in a fixed order."""
+        return (False, True) if self.kind == "bool" else self.choices
+
     def unit(self, value: float) -> float:
         """A numeric value's position in [0, 1] across this knob's range (in log space for log knobs)."""
         assert self.low is not None and self.high is not None

@@ -108,31 +108,28 @@ class TBA:
         return out
 
     def probes(self, params: Config, rng: np.random.Generator) -> list[Config]:
-        """``params`` with one boolean/categorical knob changed, in knob order; a child knob that becomes
-        active is enumerated if discrete, sampled if numeric."""
-        out: list[Config] = []
-        for knob in self.space.knobs:
-            if knob.name not in params or knob.kind not in ("bool", "categorical"):
-                continue
-            values = (False, True) if knob.kind == "bool" else knob.choices
-            for value in (v for v in values if v != params[knob.name]):
-                partial: list[Config] = [{}]
-                for k in self.space.knobs:
-                    grown: list[Config] = []
-                    for c in partial:
-                        if not self.space.is_active(k, c):
-                            grown.append(c)
-                        elif k.name == knob.name:
-                            grown.append(c | {k.name: value})
-                        elif k.name in params:
-                            grown.append(c | {k.name: params[k.name]})
-                        elif k.kind in ("bool", "categorical"):
-                            grown += [c | {k.name: v} for v in ((False, True) if k.kind == "bool" else k.choices)]
-                        else:
-                            grown.append(c | {k.name: k.sample(rng)})
-                    partial = grown
-                out += partial
-        return out
+        """``params`` with one boolean/categorical knob changed, in knob order."""
+        return [probe for knob in self.space.knobs if knob.name in params and knob.kind in ("bool", "categorical")
+                for value in knob.values if value != params[knob.name]
+                for probe in self._completions(params | {knob.name: value}, rng)]
+
+    def _completions(self, fixed: Config, rng: np.random.Generator) -> list[Config]:
+        """The active configs that keep ``fixed``'s values: a child knob that becomes active is enumerated if
+        discrete, sampled if numeric; one that becomes inactive is dropped."""
+        partial: list[Config] = [{}]
+        for k in self.space.knobs:
+            grown: list[Config] = []
+            for c in partial:
+                if not self.space.is_active(k, c):
+                    grown.append(c)
+                elif k.name in fixed:
+                    grown.append(c | {k.name: fixed[k.name]})
+                elif k.kind in ("bool", "categorical"):
+                    grown += [c | {k.name: v} for v in k.values]
+                else:
+                    grown.append(c | {k.name: k.sample(rng)})
+            partial = grown
+        return partial
 
     def _most_spread(self, candidates: list[Config]) -> Config:
         """Space-filling: the candidate farthest from everything tried so far."""

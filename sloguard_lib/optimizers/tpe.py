@@ -27,10 +27,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def distribution(knob: Knob) -> BaseDistribution:
-    if knob.kind == "bool":
-        return CategoricalDistribution((False, True))
-    if knob.kind == "categorical":
-        return CategoricalDistribution(knob.choices)
+    if knob.kind in ("bool", "categorical"):
+        return CategoricalDistribution(knob.values)
     assert knob.low is not None and knob.high is not None
     if knob.kind == "int":
         return IntDistribution(int(knob.low), int(knob.high), log=knob.log)
@@ -100,10 +98,8 @@ class ConstrainedTPE(TPE):
 
 
 def _suggest(trial: optuna.trial.Trial, knob: Knob) -> object:
-    if knob.kind == "bool":
-        return trial.suggest_categorical(knob.name, (False, True))
-    if knob.kind == "categorical":
-        return trial.suggest_categorical(knob.name, knob.choices)
+    if knob.kind in ("bool", "categorical"):
+        return trial.suggest_categorical(knob.name, knob.values)
     assert knob.low is not None and knob.high is not None
     if knob.kind == "int":
         return trial.suggest_int(knob.name, int(knob.low), int(knob.high), log=knob.log)
