@@ -197,6 +197,8 @@ def _print_summary(result: StudyResult, console: Console) -> None:
         table.add_row("best trial", str(best["trial"]))
         table.add_row("best config", json.dumps(best["config"]))
         table.add_row("goodput", f"{m['goodput_tok_s']:,.0f} tok/s ({m['goodput_req_s']:.2f} req/s)")
+        if best["measurements"] > 1:
+            table.add_row("mean utility", f"{best['mean_utility']:,.0f} over {best['measurements']} loads")
         table.add_row("TTFT p50 / p99", f"{m['ttft_p50_ms']:.1f} / {m['ttft_p99_ms']:.1f} ms")
         table.add_row("ITL p50 / p99", f"{m['itl_p50_ms']:.2f} / {m['itl_p99_ms']:.2f} ms")
         table.add_row("throughput", f"{m['throughput_tok_s']:,.0f} tok/s")

@@ -25,7 +25,7 @@ excess is the ITL's, 140/100 - 1 = 0.4, so utility = 0.5 x 200 / 1.4^2 = 51 tok/
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -83,11 +83,11 @@ class SLO:
     def evaluate(self, load: LoadResult, metrics: dict[str, float]) -> SloVerdict:
         good = [r for r in load.requests if self.request_is_good(r)]
         dur = max(load.duration_s, 1e-9)
-        excess = {}
+        usage = {}
         for name, limit in self.thresholds().items():
             observed = metrics.get(name, float("nan"))
-            excess[name] = math.inf if math.isnan(observed) else observed / limit - 1.0
-        worst = max(excess.values())
+            usage[name] = math.inf if math.isnan(observed) else observed / limit
+        worst = max(usage.values()) - 1.0
         failed = int(metrics.get("requests_failed", 0))
         return SloVerdict(
             goodput_tok_s=sum(r.output_tokens for r in good) / dur,
@@ -95,8 +95,9 @@ class SLO:
             attainment=len(good) / max(1, len(load.requests)),
             feasible=worst <= 0 and failed == 0,
             worst_excess=worst,
-            violated=sorted(k for k, v in excess.items() if v > 0) + (["failed_requests"] if failed else []),
+            violated=sorted(k for k, v in usage.items() if v > 1) + (["failed_requests"] if failed else []),
             throughput_tok_s=float(metrics.get("throughput_tok_s", 0.0)),
+            usage=usage,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +114,8 @@ class SloVerdict:
     violated: list[str]
 
     throughput_tok_s: float = 0.0
+    # observed p99 / threshold per SLO metric: which SLO binds a feasible config, not only whether one broke
+    usage: dict[str, float] = field(default_factory=dict)
 
     @property
     def utility(self) -> float:

@@ -50,7 +50,8 @@ def evaluate(engine: Engine, config: Config, workload: Workload, slo: SLO, seed:
                 "slo_attainment": verdict.attainment}
     return rec | {
         "status": "ok" if verdict.feasible else "slo_violation", "metrics": metrics, "utility": verdict.utility,
-        "violated": verdict.violated, "load_s": load.duration_s, "gpu_seconds": info.start_s + load.duration_s,
+        "violated": verdict.violated, "slo_usage": verdict.usage, "load_s": load.duration_s,
+        "gpu_seconds": info.start_s + load.duration_s,
         "wall_s": time.perf_counter() - t0,
     }
 

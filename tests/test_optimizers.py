@@ -125,6 +125,49 @@ def test_tba_tpe_switches_phase_and_records_it() -> None:
     assert all(ph == "tpe" for ph in phases[switch:])
 
 
+def _tba_tpe_after_switch(usage: dict[str, float]) -> tuple[object, dict]:  # type: ignore[type-arg]
+    """A tba-tpe study told 6 feasible trials (it switches to phase 2 there); its best has ``usage``."""
+    opt = make_optimizer("tba-tpe", SPACE, 2, budget=15)
+    rng = np.random.default_rng(0)
+    base = {"quantization": "fp16", "max_num_seqs": 16, "gpu_memory_utilization": 0.9, "max_model_len": 4096,
+            "enforce_eager": False, "enable_chunked_prefill": False, "enable_prefix_caching": False}
+    best = base | {"max_num_batched_tokens": 8192}
+    for i in range(5):
+        opt.tell(SPACE.sample(rng), Outcome("ok", 10.0 + i, slo_usage={"ttft_p99_ms": 0.5, "itl_p99_ms": 0.5}))
+    opt.tell(best, Outcome("ok", 100.0, slo_usage=usage))
+    return opt, best
+
+
+def test_tba_tpe_probes_a_small_chunked_step_budget_when_the_itl_slo_binds() -> None:
+    opt, best = _tba_tpe_after_switch({"ttft_p99_ms": 0.6, "itl_p99_ms": 0.9})
+    proposal = opt.ask()  # type: ignore[attr-defined]
+    assert proposal.phase == "step-probe"
+    assert proposal.params == best | {"enable_chunked_prefill": True, "max_num_batched_tokens": 512}
+    opt, _ = _tba_tpe_after_switch({"ttft_p99_ms": 0.9, "itl_p99_ms": 0.6})  # TTFT binds: a small budget hurts it
+    assert opt.ask().phase == "tpe"  # type: ignore[attr-defined]
+
+
+def test_tba_tpe_spends_its_last_trial_confirming_a_close_incumbent() -> None:
+    def study(runner_up: float) -> tuple[object, list[dict]]:  # type: ignore[type-arg]
+        opt = make_optimizer("tba-tpe", SPACE, 3, budget=15)
+        rng = np.random.default_rng(1)
+        configs = [SPACE.sample(rng) for _ in range(14)]
+        for i, c in enumerate(configs):
+            opt.tell(c, Outcome("ok", {0: 100.0, 1: runner_up}.get(i, 10.0)))
+        return opt, configs
+
+    opt, configs = study(runner_up=95.0)
+    proposal = opt.ask()  # type: ignore[attr-defined]
+    assert (proposal.phase, proposal.params) == ("confirm", configs[0])
+    opt.tell(configs[0], Outcome("ok", 80.0))  # type: ignore[attr-defined]
+    proposal = opt.ask()  # type: ignore[attr-defined]  # a budget extended on resume: the new leader (95 > 90)
+    assert (proposal.phase, proposal.params) == ("confirm", configs[1])
+    opt.tell(configs[1], Outcome("ok", 70.0))  # type: ignore[attr-defined]
+    assert opt.ask().phase == "tpe"  # type: ignore[attr-defined]  # the leader (mean 90) was measured twice
+    opt, _ = study(runner_up=85.0)  # a clear lead is not worth a trial
+    assert opt.ask().phase == "tpe"  # type: ignore[attr-defined]
+
+
 def test_constrained_bo_learns_the_crash_boundary_and_exploits() -> None:
     """Crash below gmu 0.8 (57 % of the range), utility = max_num_seqs: after its 5 random starts the GPs
     should steer clear of crashes and toward large max_num_seqs, far better than random does."""

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sloguard_lib.errors import InputError
-from sloguard_lib.runner import StudySpec, log_path_for, run_study
+from sloguard_lib.runner import StudySpec, incumbent, log_path_for, run_study
 from sloguard_lib.slo import SLO
 from sloguard_lib.trial_log import read_log
 from sloguard_lib.workload import Workload
@@ -143,3 +143,21 @@ def test_cli_enqueue_errors_name_the_problem(tmp_path: Path) -> None:
     bad.write_text("- 3\n")
     assert main([*base, "--enqueue", str(bad)]) == 2
     assert not list(tmp_path.glob("*.jsonl"))  # nothing was started
+
+
+def test_incumbent_averages_a_config_measured_twice() -> None:
+    def t(seqs: int, status: str, utility: float | None) -> dict[str, Any]:
+        return {"config": {"max_num_seqs": seqs}, "status": status, "utility": utility}
+
+    lucky_twice = [t(1, "ok", 120.0), t(1, "slo_violation", 20.0)]  # met the SLO once by luck: mean 70
+    trials = [*lucky_twice, t(2, "ok", 90.0), t(2, "ok", 70.0), t(3, "ok", 84.0), t(4, "crash", None),
+              t(5, "slo_violation", 500.0)]  # never met the SLO: not a recommendation, however fast
+    best = incumbent(trials)
+    assert best is not None
+    assert (best["config"], best["utility"], best["measurements"], best["mean_utility"]) == (
+        {"max_num_seqs": 3}, 84.0, 1, 84.0)  # not 1 (best draw 120, mean 70), not 2 (90 and 70)
+    again = incumbent([*trials, t(2, "ok", 100.0)])  # a third load lifts 2's mean to 86.7
+    assert again is not None
+    assert (again["config"], again["utility"], again["measurements"]) == ({"max_num_seqs": 2}, 100.0, 3)
+    assert again["mean_utility"] == pytest.approx(260 / 3)
+    assert incumbent([t(4, "crash", None), t(5, "slo_violation", 9.0)]) is None

@@ -24,6 +24,7 @@ def test_docstring_worked_example() -> None:
     assert not verdict.feasible
     assert verdict.violated == ["itl_p99_ms", "ttft_p99_ms"]
     assert verdict.worst_excess == pytest.approx(0.4)
+    assert verdict.usage == pytest.approx({"ttft_p99_ms": metrics["ttft_p99_ms"] / 500, "itl_p99_ms": 1.4})
     assert verdict.utility == pytest.approx(0.5 * 200 / 1.4**2)
 
 
@@ -31,6 +32,7 @@ def test_feasible_trial_utility_is_goodput() -> None:
     load = LoadResult([_req(i, 100 + i, 10) for i in range(10)], duration_s=1.0)
     verdict = SLO(500, 100).evaluate(load, summarize(load))
     assert verdict.feasible and verdict.utility == pytest.approx(1000)
+    assert verdict.usage == pytest.approx({"ttft_p99_ms": 109 / 500, "itl_p99_ms": 0.1}, rel=0.01)
 
 
 def test_failed_requests_make_a_trial_infeasible() -> None:

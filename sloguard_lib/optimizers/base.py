@@ -31,6 +31,7 @@ class Outcome:
     utility: float | None
     crash_class: str | None = None
     metrics: dict[str, Any] | None = None
+    slo_usage: dict[str, float] | None = None  # observed p99 / SLO threshold, per SLO metric
 
     @property
     def failed(self) -> bool:

@@ -7,11 +7,25 @@ distributions; SLO misses carry their penalised utility, so TPE also learns wher
 crashes are failed trials) and exploits with no random start-up. TBA's crash guard stays on: a TPE proposal it rejects
 is told to TPE as a failure and TPE is asked again, so phase 2 never launches a config the guard expects
 to crash. Each record's ``phase`` says which phase proposed it.
+
+Two proposals come from what the engine and the measurement are known to do, not from the history's shape:
+
+* **Step-budget probe** (phase ``step-probe``), the first phase-2 proposal when the best feasible trial is
+  closer to its ITL SLO than to its TTFT SLO: that config with chunked prefill on and the smallest
+  ``max_num_batched_tokens``. A whole-prompt prefill stalls every running decode for its full length,
+  which is what an ITL p99 measures; vLLM's tuning guide names a small token budget as the cure. The
+  budget's good values can sit in a narrow band below a cliff (long prompts on an L4: 512-800 tokens meet a
+  250 ms ITL, 1,000-4,000 do not), which TPE, seeing mostly unchunked trials, rarely proposes.
+* **Confirmation** (phase ``confirm``), the last trial: when the best config has been measured once and the
+  runner-up is within ``confirm_margin`` of it, the best is measured again. One load's goodput varies by
+  5-20 % with its seed, so the best single measurement is often a lucky draw of a worse config; the study's
+  recommendation (:func:`~sloguard_lib.runner.incumbent`) averages a config's measurements.
 """
 
 from __future__ import annotations
 
-from ..space import Config, SearchSpace
+from ..errors import InputError
+from ..space import Config, SearchSpace, config_key
 from .base import Outcome, Proposal
 from .guard import Prior
 from .tba import TBA
@@ -24,8 +38,8 @@ class TBATPE:
     name = "tba-tpe"
 
     def __init__(self, space: SearchSpace, seed: int, *, budget: int = 15, prior: Prior | None = None,
-                 switch_after: int | None = None, min_feasible: int = 3) -> None:
-        self.space, self.seed = space, seed
+                 switch_after: int | None = None, min_feasible: int = 3, confirm_margin: float = 0.1) -> None:
+        self.space, self.seed, self.budget, self.confirm_margin = space, seed, budget, confirm_margin
         self.tba = TBA(space, seed, budget=budget, prior=prior)
         self.switch_after = switch_after or max(5, round(0.4 * budget))
         self.min_feasible = min_feasible
@@ -48,6 +62,11 @@ class TBATPE:
     def ask(self) -> Proposal:
         if self.switched_at is None:
             return self.tba.ask()
+        n = len(self.tba.history)
+        if n == self.switched_at and (probe := self._step_probe()) is not None:
+            return Proposal(probe, phase="step-probe")
+        if n >= self.budget - 1 and (again := self._to_confirm()) is not None:
+            return Proposal(again, phase="confirm")
         tpe = self._phase2_study()
         proposal = tpe.ask()
         for _ in range(MAX_REJECTIONS):
@@ -56,6 +75,37 @@ class TBATPE:
             tpe.tell(proposal.params, Outcome("crash", None))  # vetoed: TPE moves elsewhere
             proposal = tpe.ask()
         return Proposal(proposal.params, phase="tpe")
+
+    def _feasible(self) -> list[tuple[Config, Outcome]]:
+        return [(p, o) for p, o in self.tba.history if o.status == "ok"]
+
+    def _step_probe(self) -> Config | None:
+        feasible = self._feasible()
+        if not feasible:
+            return None
+        best, outcome = max(feasible, key=lambda t: t[1].utility or 0.0)
+        usage = outcome.slo_usage or {}
+        if usage.get("itl_p99_ms", 0.0) < usage.get("ttft_p99_ms", 0.0) or "itl_p99_ms" not in usage:
+            return None
+        try:
+            budget = self.space.knob("max_num_batched_tokens")
+            probe = best | {"enforce_eager": False, "enable_chunked_prefill": True,
+                            "max_num_batched_tokens": budget.cast(budget.low or 0)}
+            self.space.validate(probe)
+        except InputError:  # the space pins eager mode or lacks one of these knobs
+            return None
+        tried = {config_key(self.space.finalize(p)) for p, _ in self.tba.history}
+        return probe if config_key(probe) not in tried and self.tba.guard.allows(probe) else None
+
+    def _to_confirm(self) -> Config | None:
+        measured: dict[str, tuple[Config, list[float]]] = {}
+        for p, o in self._feasible():
+            measured.setdefault(config_key(self.space.finalize(p)), (p, []))[1].append(o.utility or 0.0)
+        ranked = sorted(measured.values(), key=lambda t: sum(t[1]) / len(t[1]), reverse=True)
+        if len(ranked) < 2 or len(ranked[0][1]) > 1:
+            return None
+        (best, (u_best,)), (_, u_next) = ranked[0], ranked[1]
+        return dict(best) if sum(u_next) / len(u_next) >= (1 - self.confirm_margin) * u_best else None
 
     def tell(self, params: Config, outcome: Outcome) -> None:
         self.tba.tell(params, outcome)
