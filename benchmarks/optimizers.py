@@ -8,7 +8,7 @@ a long-context Mistral-7B workload whose feasible region is a thin slice of ``ma
 crash-heavy one: Llama-3.1-8B on the L4 with 2k-token prompts, where weights, activations and long
 ``max_model_len`` values all crash (43 % of the space; 16 % is feasible).
 Scores are *expected* goodputs, not lucky draws: a trial's measured goodput varies with its load's random seed
-(its standard deviation is 5 % of the mean on the long-prompt L4 and 12 % on the long-prompt Mistral, with
+(its standard deviation is 5 % of the mean on the long-prompt L4 and 12-20 % on the long-prompt Mistral, with
 tails to half the mean when a hiccup lands on an SLO edge), so the best of thousands of noisy measurements
 overstates what any config delivers (the winner's curse), and a run's own best measurement overstates what its
 pick will deliver. Every feasible config a run launches is therefore re-measured on fixed fresh seeds, three
