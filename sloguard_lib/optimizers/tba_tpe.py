@@ -85,7 +85,8 @@ class TBATPE:
             return None
         best, outcome = max(feasible, key=lambda t: t[1].utility or 0.0)
         usage = outcome.slo_usage or {}
-        if usage.get("itl_p99_ms", 0.0) < usage.get("ttft_p99_ms", 0.0) or "itl_p99_ms" not in usage:
+        itl = usage.get("itl_p99_ms")
+        if itl is None or itl < usage.get("ttft_p99_ms", 0.0):  # TTFT binds: a smaller budget only queues prompts
             return None
         try:
             budget = self.space.knob("max_num_batched_tokens")
