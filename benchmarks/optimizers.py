@@ -16,7 +16,7 @@ at a time, until its mean is clearly (two standard errors) above or below the 95
 or 15 seeds: three seeds alone leave a standard error of 7 % on the Mistral scenario, larger than the margin
 being judged. A run's anytime score after each trial is the expected goodput (tokens/s of the requests that
 met the SLO, as defined in :mod:`sloguard_lib.slo`; 0 for a crash) of its incumbent, the config it would
-recommend (:func:`sloguard_lib.runner.incumbent`: the highest mean over a config's measurements). "found 95%"
+recommend (:func:`sloguard_lib.incumbent.incumbent`: the highest mean over a config's measurements). "found 95%"
 is the share of seeds that launched a config within 5 % of the best at all, so a gap between it and "reach
 95%" is the recommendation losing to measurement noise, not the search missing the region.
 The landscape best is the highest such mean among the ``TOP_K`` best configs of a dense random sample and
@@ -43,7 +43,8 @@ import pandas as pd
 from sloguard_lib import report, stats
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.runner import StudySpec, default_space, incumbent, run_study
+from sloguard_lib.incumbent import incumbent
+from sloguard_lib.runner import StudySpec, default_space, run_study
 from sloguard_lib.slo import SLO
 from sloguard_lib.space import config_key
 from sloguard_lib.trial import evaluate

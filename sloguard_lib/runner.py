@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +20,10 @@ from . import __version__
 from .engine import Engine, make_engine
 from .errors import InputError
 from .hardware import get_gpu, kv_budget_tokens, memory_prior, resolve_model
+from .incumbent import incumbent
 from .optimizers import Optimizer, Outcome, Proposal, make_optimizer
 from .slo import SLO
-from .space import Config, SearchSpace, build_serving_space, config_key
+from .space import Config, SearchSpace, build_serving_space
 from .trial import evaluate, trial_seed
 from .trial_log import TrialLog, git_commit, read_log
 from .workload import Workload
@@ -84,24 +85,6 @@ def default_space(model: str, gpu: str, workload: Workload | None = None) -> Sea
 def outcome_of(record: Mapping[str, Any]) -> Outcome:
     return Outcome(status=record["status"], utility=record.get("utility"), crash_class=record.get("crash_class"),
                    metrics=record.get("metrics"), slo_usage=record.get("slo_usage"))
-
-
-def incumbent(trials: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The config a study recommends: of the configs that met the SLO at least once, the one with the
-    highest mean utility over all its measurements (an SLO miss counts with its penalised utility), so a
-    config measured twice is judged by both loads, not by its luckier one. Returns its best feasible trial
-    record with ``measurements`` and ``mean_utility`` added."""
-    measured: dict[str, list[Mapping[str, Any]]] = {}
-    for t in trials:
-        if t.get("utility") is not None:
-            measured.setdefault(config_key(t["config"]), []).append(t)
-    ranked = [(sum(r["utility"] for r in rs) / len(rs), rs) for rs in measured.values()
-              if any(r["status"] == "ok" for r in rs)]
-    if not ranked:
-        return None
-    mean, records = max(ranked, key=lambda t: t[0])
-    best = max((r for r in records if r["status"] == "ok"), key=lambda r: r["utility"])
-    return dict(best) | {"measurements": len(records), "mean_utility": mean}
 
 
 @dataclass

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from sloguard_lib.errors import InputError
-from sloguard_lib.runner import StudySpec, incumbent, log_path_for, run_study
+from sloguard_lib.incumbent import incumbent
+from sloguard_lib.runner import StudySpec, log_path_for, run_study
 from sloguard_lib.slo import SLO
 from sloguard_lib.trial_log import read_log
 from sloguard_lib.workload import Workload

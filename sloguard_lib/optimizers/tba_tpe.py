@@ -19,12 +19,13 @@ Two proposals come from what the engine and the measurement are known to do, not
 * **Confirmation** (phase ``confirm``), the last trial: when the best config has been measured once and the
   runner-up is within ``confirm_margin`` of it, the best is measured again. One load's goodput varies by
   5-20 % with its seed, so the best single measurement is often a lucky draw of a worse config; the study's
-  recommendation (:func:`~sloguard_lib.runner.incumbent`) averages a config's measurements.
+  recommendation (:func:`~sloguard_lib.incumbent.incumbent`) averages a config's measurements.
 """
 
 from __future__ import annotations
 
 from ..errors import InputError
+from ..incumbent import ranked
 from ..space import Config, SearchSpace, config_key
 from .base import Outcome, Proposal
 from .guard import Prior
@@ -76,11 +77,8 @@ class TBATPE:
             proposal = tpe.ask()
         return Proposal(proposal.params, phase="tpe")
 
-    def _feasible(self) -> list[tuple[Config, Outcome]]:
-        return [(p, o) for p, o in self.tba.history if o.status == "ok"]
-
     def _step_probe(self) -> Config | None:
-        feasible = self._feasible()
+        feasible = [(p, o) for p, o in self.tba.history if o.status == "ok"]
         if not feasible:
             return None
         best, outcome = max(feasible, key=lambda t: t[1].utility or 0.0)
@@ -99,14 +97,13 @@ class TBATPE:
         return probe if config_key(probe) not in tried and self.tba.guard.allows(probe) else None
 
     def _to_confirm(self) -> Config | None:
-        measured: dict[str, tuple[Config, list[float]]] = {}
-        for p, o in self._feasible():
-            measured.setdefault(config_key(self.space.finalize(p)), (p, []))[1].append(o.utility or 0.0)
-        ranked = sorted(measured.values(), key=lambda t: sum(t[1]) / len(t[1]), reverse=True)
-        if len(ranked) < 2 or len(ranked[0][1]) > 1:
+        """The recommended config, when it was measured once and the runner-up is within the margin."""
+        configs = ranked([{"params": p, "config": self.space.finalize(p), "status": o.status, "utility": o.utility}
+                          for p, o in self.tba.history])
+        if len(configs) < 2 or len(configs[0][1]) > 1:
             return None
-        (best, (u_best,)), (_, u_next) = ranked[0], ranked[1]
-        return dict(best) if sum(u_next) / len(u_next) >= (1 - self.confirm_margin) * u_best else None
+        (u_best, (best,)), (u_next, _) = configs[0], configs[1]
+        return dict(best["params"]) if u_next >= (1 - self.confirm_margin) * u_best else None
 
     def tell(self, params: Config, outcome: Outcome) -> None:
         self.tba.tell(params, outcome)
