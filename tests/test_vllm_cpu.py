@@ -51,13 +51,15 @@ def vllm_processes() -> list[str]:
 
 def test_bench_against_a_real_cpu_server_then_nothing_is_left(vllm_env: dict[str, str], tmp_path: Path) -> None:
     before = vllm_processes()
-    # two client processes: the sharded load generator against a real server, merged to 16 requests
+    # two client processes: the sharded load generator against a real server, merged to 16 requests. The SLOs are
+    # the latency bounds asserted below: CPU latency depends on what else the CI host runs (the default 500 ms TTFT
+    # and 100 ms ITL SLOs were missed once on a loaded runner), and this test is about serving and teardown.
     done = sloguard(["bench", "--backend", "vllm", "--model", str(TINY), "--workload", WORKLOAD, "--json",
-                     "--load-procs", "2"], vllm_env, tmp_path)
+                     "--load-procs", "2", "--slo-ttft-p99", "10000", "--slo-itl-p99", "5000"], vllm_env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rec = json.loads(done.stdout)
     m = rec["metrics"]
-    assert rec["status"] == "ok" and rec["engine_version"].startswith("vllm-0.")
+    assert rec["status"] == "ok" and rec["engine_version"].startswith("vllm-0."), m
     assert m["requests_ok"] == 16 and m["requests_failed"] == 0
     assert 0 < m["ttft_p50_ms"] <= m["ttft_p99_ms"] < 10_000
     assert 0 < m["itl_p50_ms"] <= m["itl_p99_ms"] < 5_000
