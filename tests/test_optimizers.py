@@ -147,6 +147,31 @@ def test_tba_tpe_probes_a_small_chunked_step_budget_when_the_itl_slo_binds() -> 
     assert opt.ask().phase == "tpe"  # type: ignore[attr-defined]
 
 
+def test_tba_tpe_fits_the_step_budget_to_the_itl_slo_after_its_probe() -> None:
+    """ITL p99 grows with the budget: a probe at 512 tokens using 45 % of the ITL SLO puts 90 % at 1,024."""
+    for usage, expected in ((0.45, ("step-fit", 1024)), (0.95, ("tpe", None))):
+        opt, _ = _tba_tpe_after_switch({"ttft_p99_ms": 0.6, "itl_p99_ms": 0.9})
+        probe = opt.ask().params  # type: ignore[attr-defined]
+        opt.tell(probe, Outcome("ok", 120.0, slo_usage={"ttft_p99_ms": 0.7, "itl_p99_ms": usage}))  # type: ignore[attr-defined]
+        proposal = opt.ask()  # type: ignore[attr-defined]
+        if expected[1] is None:  # no room under the ITL SLO (0.95 > the 0.9 target): nothing to fit
+            assert proposal.phase == expected[0]
+        else:
+            assert (proposal.phase, proposal.params) == (expected[0], probe | {"max_num_batched_tokens": expected[1]})
+
+
+def test_tba_tpe_probes_from_an_slo_miss_when_nothing_met_the_slo() -> None:
+    opt = make_optimizer("tba-tpe", SPACE, 2, budget=15)
+    rng = np.random.default_rng(0)
+    for _ in range(11):
+        opt.tell(SPACE.sample(rng), Outcome("slo_violation", 1.0, slo_usage={"ttft_p99_ms": 1.5, "itl_p99_ms": 0.5}))
+    worst_itl = SPACE.sample(rng) | {"enforce_eager": True}
+    opt.tell(worst_itl, Outcome("slo_violation", 9.0, slo_usage={"ttft_p99_ms": 0.5, "itl_p99_ms": 3.0}))
+    proposal = opt.ask()  # 12 trials without 3 feasible ones: phase 2 starts, from the best miss (ITL binds)
+    assert proposal.phase == "step-probe" and proposal.params["max_num_batched_tokens"] == 512
+    assert proposal.params["enable_chunked_prefill"] and not proposal.params["enforce_eager"]
+
+
 def test_tba_tpe_spends_its_last_trial_confirming_a_close_incumbent() -> None:
     def study(runner_up: float) -> tuple[object, list[dict]]:  # type: ignore[type-arg]
         opt = make_optimizer("tba-tpe", SPACE, 3, budget=15)

@@ -8,14 +8,18 @@ crashes are failed trials) and exploits with no random start-up. TBA's crash gua
 is told to TPE as a failure and TPE is asked again, so phase 2 never launches a config the guard expects
 to crash. Each record's ``phase`` says which phase proposed it.
 
-Two proposals come from what the engine and the measurement are known to do, not from the history's shape:
+Three proposals come from what the engine and the measurement are known to do, not from the history's shape:
 
-* **Step-budget probe** (phase ``step-probe``), the first phase-2 proposal when the best feasible trial is
-  closer to its ITL SLO than to its TTFT SLO: that config with chunked prefill on and the smallest
-  ``max_num_batched_tokens``. A whole-prompt prefill stalls every running decode for its full length,
-  which is what an ITL p99 measures; vLLM's tuning guide names a small token budget as the cure. The
-  budget's good values can sit in a narrow band below a cliff (long prompts on an L4: 512-800 tokens meet a
-  250 ms ITL, 1,000-4,000 do not), which TPE, seeing mostly unchunked trials, rarely proposes.
+* **Step-budget probe** (phase ``step-probe``), the first phase-2 proposal when the best trial (the best that
+  met the SLO, else the best miss) is closer to its ITL SLO than to its TTFT SLO: that config with chunked
+  prefill on and the smallest ``max_num_batched_tokens``. A whole-prompt prefill stalls every running decode
+  for its full length, which is what an ITL p99 measures; vLLM's tuning guide names a small token budget as the
+  cure. The budget's good values can sit in a narrow band below a cliff (3,000-token prompts on an A100:
+  800-960 tokens; 1,000 misses a 120 ms ITL), which TPE, seeing mostly unchunked trials, rarely proposes.
+* **Step fit** (phase ``step-fit``), the next proposal: the best chunked config that met the SLO, at the budget
+  where its ITL p99 is predicted at ``itl_target`` (90 %) of the SLO. The smallest budget meets the ITL SLO but
+  splits each prompt into more steps, so TTFT nears its own SLO and more requests miss it (on the A100 above,
+  512 tokens deliver 11 % less goodput than the band); the band's top is where ITL still has a margin.
 * **Confirmation** (phase ``confirm``), the last trial: when the best config has been measured once and the
   runner-up is within ``confirm_margin`` of it, the best is measured again. One load's goodput varies by
   5-20 % with its seed, so the best single measurement is often a lucky draw of a worse config; the study's
@@ -39,8 +43,10 @@ class TBATPE:
     name = "tba-tpe"
 
     def __init__(self, space: SearchSpace, seed: int, *, budget: int = 15, prior: Prior | None = None,
-                 switch_after: int | None = None, min_feasible: int = 3, confirm_margin: float = 0.1) -> None:
+                 switch_after: int | None = None, min_feasible: int = 3, confirm_margin: float = 0.1,
+                 itl_target: float = 0.9) -> None:
         self.space, self.seed, self.budget, self.confirm_margin = space, seed, budget, confirm_margin
+        self.itl_target = itl_target
         self.tba = TBA(space, seed, budget=budget, prior=prior)
         self.switch_after = switch_after or max(5, round(0.4 * budget))
         self.min_feasible = min_feasible
@@ -66,6 +72,8 @@ class TBATPE:
         n = len(self.tba.history)
         if n == self.switched_at and (probe := self._step_probe()) is not None:
             return Proposal(probe, phase="step-probe")
+        if n == self.switched_at + 1 and (fit := self._step_fit()) is not None:
+            return Proposal(fit, phase="step-fit")
         if n >= self.budget - 1 and (again := self._to_confirm()) is not None:
             return Proposal(again, phase="confirm")
         tpe = self._phase2_study()
@@ -78,23 +86,44 @@ class TBATPE:
         return Proposal(proposal.params, phase="tpe")
 
     def _step_probe(self) -> Config | None:
-        feasible = [(p, o) for p, o in self.tba.history if o.status == "ok"]
-        if not feasible:
+        measured = [(p, o) for p, o in self.tba.history if o.utility is not None]
+        if not measured or "max_num_batched_tokens" not in self.space.names:
             return None
-        best, outcome = max(feasible, key=lambda t: t[1].utility or 0.0)
+        best, outcome = max([t for t in measured if t[1].status == "ok"] or measured, key=lambda t: t[1].utility or 0.0)
         usage = outcome.slo_usage or {}
         itl = usage.get("itl_p99_ms")
         if itl is None or itl < usage.get("ttft_p99_ms", 0.0):  # TTFT binds: a smaller budget only queues prompts
             return None
+        budget = self.space.knob("max_num_batched_tokens")
+        return self._untried(best | {"enforce_eager": False, "enable_chunked_prefill": True,
+                                     "max_num_batched_tokens": budget.cast(budget.low or 0)})
+
+    def _step_fit(self) -> Config | None:
+        """The best chunked config that met the SLO, at the budget whose ITL p99 is predicted at ``itl_target``.
+
+        A decode step's time grows about linearly with the tokens scheduled in it and a prefill chunk fills the
+        budget, so ITL p99 scales with the budget; the fit goes through the origin from the one measurement
+        (it overestimates the budget slightly, the constant part of a step, which the target's margin absorbs).
+        """
+        chunked = [(p, o) for p, o in self.tba.history if o.status == "ok" and p.get("enable_chunked_prefill")]
+        if not chunked or "max_num_batched_tokens" not in self.space.names:
+            return None
+        anchor, outcome = max(chunked, key=lambda t: t[1].utility or 0.0)
+        itl = (outcome.slo_usage or {}).get("itl_p99_ms")
+        if not itl or itl >= self.itl_target:  # no room to grow the budget under the ITL SLO
+            return None
+        budget = self.space.knob("max_num_batched_tokens")
+        return self._untried(anchor | {"max_num_batched_tokens": budget.cast(
+            anchor["max_num_batched_tokens"] * self.itl_target / itl)})
+
+    def _untried(self, config: Config) -> Config | None:
+        """``config`` if it is valid in this space, not launched before and not expected to crash."""
         try:
-            budget = self.space.knob("max_num_batched_tokens")
-            probe = best | {"enforce_eager": False, "enable_chunked_prefill": True,
-                            "max_num_batched_tokens": budget.cast(budget.low or 0)}
-            self.space.validate(probe)
+            self.space.validate(config)
         except InputError:  # the space pins eager mode or lacks one of these knobs
             return None
         tried = {config_key(self.space.finalize(p)) for p, _ in self.tba.history}
-        return probe if config_key(probe) not in tried and self.tba.guard.allows(probe) else None
+        return config if config_key(config) not in tried and self.tba.guard.allows(config) else None
 
     def _to_confirm(self) -> Config | None:
         """The recommended config, when it was measured once and the runner-up is within the margin."""
