@@ -149,12 +149,12 @@ def test_tba_tpe_probes_a_small_chunked_step_budget_when_the_itl_slo_binds() -> 
 
 def test_tba_tpe_fits_the_step_budget_to_the_itl_slo_after_its_probe() -> None:
     """ITL p99 grows with the budget: a probe at 512 tokens using 45 % of the ITL SLO puts 90 % at 1,024."""
-    for usage, expected in ((0.45, ("step-fit", 1024)), (0.95, ("tpe", None))):
+    for usage, expected in ((0.45, ("step-fit", 1024)), (0.8, ("tpe", None))):
         opt, _ = _tba_tpe_after_switch({"ttft_p99_ms": 0.6, "itl_p99_ms": 0.9})
         probe = opt.ask().params  # type: ignore[attr-defined]
         opt.tell(probe, Outcome("ok", 120.0, slo_usage={"ttft_p99_ms": 0.7, "itl_p99_ms": usage}))  # type: ignore[attr-defined]
         proposal = opt.ask()  # type: ignore[attr-defined]
-        if expected[1] is None:  # no room under the ITL SLO (0.95 > the 0.9 target): nothing to fit
+        if expected[1] is None:  # 0.9 / 0.8: a 12.5 % larger budget is within one load's noise, not worth a trial
             assert proposal.phase == expected[0]
         else:
             assert (proposal.phase, proposal.params) == (expected[0], probe | {"max_num_batched_tokens": expected[1]})

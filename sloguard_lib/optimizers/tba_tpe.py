@@ -37,6 +37,7 @@ from .tba import TBA
 from .tpe import TPE
 
 MAX_REJECTIONS = 16
+MIN_STEP_GROWTH = 1.25  # a smaller budget change moves goodput less than one load's noise: not worth a trial
 
 
 class TBATPE:
@@ -101,6 +102,9 @@ class TBATPE:
     def _step_fit(self) -> Config | None:
         """The best chunked config that met the SLO, at the budget whose ITL p99 is predicted at ``itl_target``.
 
+        Only when that budget is at least ``MIN_STEP_GROWTH`` times the config's: the probe's smallest budget
+        usually is, a config TPE has already pushed near the target is not.
+
         A decode step's time grows about linearly with the tokens scheduled in it and a prefill chunk fills the
         budget, so ITL p99 scales with the budget; the fit goes through the origin from the one measurement
         (it overestimates the budget slightly, the constant part of a step, which the target's margin absorbs).
@@ -110,7 +114,7 @@ class TBATPE:
             return None
         anchor, outcome = max(chunked, key=lambda t: t[1].utility or 0.0)
         itl = (outcome.slo_usage or {}).get("itl_p99_ms")
-        if not itl or itl >= self.itl_target:  # no room to grow the budget under the ITL SLO
+        if not itl or self.itl_target / itl < MIN_STEP_GROWTH:  # little room to grow the budget under the ITL SLO
             return None
         budget = self.space.knob("max_num_batched_tokens")
         return self._untried(anchor | {"max_num_batched_tokens": budget.cast(
