@@ -11,6 +11,7 @@ import pytest
 
 from sloguard_lib.errors import InputError
 from sloguard_lib.optimizers import OPTIMIZERS, Outcome, make_optimizer
+from sloguard_lib.optimizers.base import Proposal
 from sloguard_lib.optimizers.tba import TBA
 from sloguard_lib.space import build_serving_space
 
@@ -149,15 +150,16 @@ def test_tba_tpe_probes_a_small_chunked_step_budget_when_the_itl_slo_binds() -> 
 
 def test_tba_tpe_fits_the_step_budget_to_the_itl_slo_after_its_probe() -> None:
     """ITL p99 grows with the budget: a probe at 512 tokens using 45 % of the ITL SLO puts 90 % at 1,024."""
-    for usage, expected in ((0.45, ("step-fit", 1024)), (0.8, ("tpe", None))):
+    def after_probe(itl_usage: float) -> tuple[dict, Proposal]:  # type: ignore[type-arg]
         opt, _ = _tba_tpe_after_switch({"ttft_p99_ms": 0.6, "itl_p99_ms": 0.9})
         probe = opt.ask().params  # type: ignore[attr-defined]
-        opt.tell(probe, Outcome("ok", 120.0, slo_usage={"ttft_p99_ms": 0.7, "itl_p99_ms": usage}))  # type: ignore[attr-defined]
-        proposal = opt.ask()  # type: ignore[attr-defined]
-        if expected[1] is None:  # 0.9 / 0.8: a 12.5 % larger budget is within one load's noise, not worth a trial
-            assert proposal.phase == expected[0]
-        else:
-            assert (proposal.phase, proposal.params) == (expected[0], probe | {"max_num_batched_tokens": expected[1]})
+        opt.tell(probe, Outcome("ok", 120.0, slo_usage={"ttft_p99_ms": 0.7, "itl_p99_ms": itl_usage}))  # type: ignore[attr-defined]
+        return probe, opt.ask()  # type: ignore[attr-defined]
+
+    probe, proposal = after_probe(0.45)
+    assert (proposal.phase, proposal.params) == ("step-fit", probe | {"max_num_batched_tokens": 1024})
+    _, proposal = after_probe(0.8)  # 0.9 / 0.8: a 12.5 % larger budget is within one load's noise
+    assert proposal.phase == "tpe"
 
 
 def test_tba_tpe_probes_from_an_slo_miss_when_nothing_met_the_slo() -> None:

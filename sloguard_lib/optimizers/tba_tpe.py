@@ -102,12 +102,11 @@ class TBATPE:
     def _step_fit(self) -> Config | None:
         """The best chunked config that met the SLO, at the budget whose ITL p99 is predicted at ``itl_target``.
 
-        Only when that budget is at least ``MIN_STEP_GROWTH`` times the config's: the probe's smallest budget
-        usually is, a config TPE has already pushed near the target is not.
-
         A decode step's time grows about linearly with the tokens scheduled in it and a prefill chunk fills the
         budget, so ITL p99 scales with the budget; the fit goes through the origin from the one measurement
         (it overestimates the budget slightly, the constant part of a step, which the target's margin absorbs).
+        Only when the new budget is at least ``MIN_STEP_GROWTH`` times the old: the probe's smallest budget
+        usually is, a config TPE has already pushed near the target is not.
         """
         chunked = [(p, o) for p, o in self.tba.history if o.status == "ok" and p.get("enable_chunked_prefill")]
         if not chunked or "max_num_batched_tokens" not in self.space.names:
