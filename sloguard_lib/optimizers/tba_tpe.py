@@ -48,6 +48,8 @@ class TBATPE:
                  itl_target: float = 0.9) -> None:
         self.space, self.seed, self.budget, self.confirm_margin = space, seed, budget, confirm_margin
         self.itl_target = itl_target
+        # the step moves' knob; a space without it (pinned on the command line) gets neither move
+        self.step_budget = space.knob("max_num_batched_tokens") if "max_num_batched_tokens" in space.names else None
         self.tba = TBA(space, seed, budget=budget, prior=prior)
         self.switch_after = switch_after or max(5, round(0.4 * budget))
         self.min_feasible = min_feasible
@@ -88,14 +90,14 @@ class TBATPE:
 
     def _step_probe(self) -> Config | None:
         measured = [(p, o) for p, o in self.tba.history if o.utility is not None]
-        if not measured or "max_num_batched_tokens" not in self.space.names:
+        if not measured or self.step_budget is None:
             return None
         best, outcome = max([t for t in measured if t[1].status == "ok"] or measured, key=lambda t: t[1].utility or 0.0)
         usage = outcome.slo_usage or {}
         itl = usage.get("itl_p99_ms")
         if itl is None or itl < usage.get("ttft_p99_ms", 0.0):  # TTFT binds: a smaller budget only queues prompts
             return None
-        budget = self.space.knob("max_num_batched_tokens")
+        budget = self.step_budget
         return self._untried(best | {"enforce_eager": False, "enable_chunked_prefill": True,
                                      "max_num_batched_tokens": budget.cast(budget.low or 0)})
 
@@ -109,14 +111,13 @@ class TBATPE:
         usually is, a config TPE has already pushed near the target is not.
         """
         chunked = [(p, o) for p, o in self.tba.history if o.status == "ok" and p.get("enable_chunked_prefill")]
-        if not chunked or "max_num_batched_tokens" not in self.space.names:
+        if not chunked or self.step_budget is None:
             return None
         anchor, outcome = max(chunked, key=lambda t: t[1].utility or 0.0)
         itl = (outcome.slo_usage or {}).get("itl_p99_ms")
         if not itl or self.itl_target / itl < MIN_STEP_GROWTH:  # little room to grow the budget under the ITL SLO
             return None
-        budget = self.space.knob("max_num_batched_tokens")
-        return self._untried(anchor | {"max_num_batched_tokens": budget.cast(
+        return self._untried(anchor | {"max_num_batched_tokens": self.step_budget.cast(
             anchor["max_num_batched_tokens"] * self.itl_target / itl)})
 
     def _untried(self, config: Config) -> Config | None:
