@@ -259,11 +259,12 @@ def test_optimizer_benchmark_scores_runs_against_the_landscape(tmp_path: Path) -
     done = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "optimizers.py"), "--seeds", "3", "--budget", "6",
          "--landscape", "40", "--optimizers", "random", "tba-tpe", "--scenarios", "llama8b-l4-crashy",
-         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=root)
+         "--load-scale", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "64 requests per load" in done.stdout  # the scenario's 32, scaled
     assert re.search(r"^\| tba-tpe \| [\d.]+ ± [\d.]+ \| \d+% \| \d+% \|", done.stdout, flags=re.M), done.stdout
-    df = pd.read_csv(tmp_path / "results" / "benchmarks" / "optimizers_b6.csv")
+    df = pd.read_csv(tmp_path / "results" / "benchmarks" / "optimizers_b6_x2.csv")
     assert len(df) == 6 and set(df.optimizer) == {"random", "tba-tpe"}
     assert df.final_best_pct.between(0, 100).all()  # the landscape best includes every launched config
     assert (df.found_95 | ~df.reached_95).all()  # recommending a config within 5 % means one was launched
-    assert (tmp_path / "figures" / "benchmarks" / "anytime_b6.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "benchmarks" / "anytime_b6_x2.png").stat().st_size > 10_000
