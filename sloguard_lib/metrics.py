@@ -7,7 +7,8 @@ disagree on what "ITL p99" means. Percentiles use numpy's linear interpolation, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,19 @@ class LoadResult:
     requests: list[RequestResult]
     duration_s: float  # first send to last byte
     engine_stats: dict[str, float] = field(default_factory=dict)  # preemptions, kv peak, ...
+
+
+def pooled(loads: Sequence[LoadResult]) -> LoadResult:
+    """Back-to-back loads on one server as one measurement: their requests, their summed durations (so rates
+    stay per second of load), preemptions added and the highest KV-cache peak."""
+    if len(loads) == 1:
+        return loads[0]
+    requests = [dataclasses.replace(r, index=i) for i, r in enumerate(r for load in loads for r in load.requests)]
+    stats: dict[str, float] = {}
+    for load in loads:
+        for k, v in load.engine_stats.items():
+            stats[k] = max(stats.get(k, v), v) if k.endswith("_peak") else stats.get(k, 0.0) + v
+    return LoadResult(requests, sum(load.duration_s for load in loads), stats)
 
 
 PCTS = (50, 95, 99)

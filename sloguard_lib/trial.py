@@ -7,11 +7,12 @@ nothing but the engine protocol (no optimizer libraries needed on a bare GPU box
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 from .engine.base import Engine, EngineCrash
-from .metrics import summarize
+from .metrics import pooled, summarize
 from .slo import SLO
 from .space import Config
 from .workload import Workload
@@ -35,7 +36,8 @@ def evaluate(engine: Engine, config: Config, workload: Workload, slo: SLO, seed:
     rec |= {"engine_start_s": info.start_s, "engine_version": info.engine_version,
             "kv_cache_tokens": info.kv_cache_tokens, "engine_info": info.extra}
     try:
-        load = server.run_load(workload)
+        load = pooled([server.run_load(dataclasses.replace(workload, seed=workload.seed + i))
+                       for i in range(workload.repeats)])
     except EngineCrash as crash:
         return rec | _crash_fields(crash) | {"gpu_seconds": info.start_s + crash.elapsed_s,
                                              "wall_s": time.perf_counter() - t0}

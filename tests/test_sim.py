@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import subprocess
@@ -151,3 +152,23 @@ def test_sim_fidelity_benchmark_runs_on_the_committed_grid() -> None:
                           "throughput_tok_s"}
     assert float(table["kv_cache_tokens"]) < 1 and float(table["throughput_tok_s"]) < 15
     assert "crash verdict agreement: 100%" in done.stdout
+
+
+def test_load_noise_benchmark_logs_every_load_and_the_spread(tmp_path: Path) -> None:
+    """The tool behind results/h100/load_noise, on the sim: one line per load, the spread per load size."""
+    root = Path(__file__).resolve().parent.parent
+    config = ('{"max_num_seqs": 24, "max_num_batched_tokens": 512, "enable_chunked_prefill": true, '
+              '"gpu_memory_utilization": 0.9, "max_model_len": 3200}')
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "load_noise.py"), "--config", config,
+                           "--sizes", "16", "64", "--loads", "6", "3", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = (tmp_path / "loads.jsonl").read_text().splitlines()
+    assert [json.loads(x)["requests_per_load"] for x in lines] == [16] * 6 + [64] * 3
+    assert len(json.loads(lines[-1])["requests"]) == 64
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert [(r["requests_per_load"], r["loads"]) for r in rows] == [(16, 6), (64, 3)]
+    assert all(0.5 < r["attainment_mean"] < 1 and r["goodput_sd_pct"] > 0 for r in rows)  # SLO at the 0.9-quantile
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "load_noise.py"), "--sizes", "16", "64",
+                          "--loads", "6", "--out", str(tmp_path)], capture_output=True, text=True, cwd=root)
+    assert bad.returncode != 0 and "--sizes and --loads need the same number of values" in bad.stderr

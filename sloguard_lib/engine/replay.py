@@ -39,7 +39,7 @@ from .sim import vllm_defaults
 
 REPO_RESULTS = Path(__file__).resolve().parents[2] / "results" / "h100"
 #: workload fields that only change which prompts were sent, not the load's shape
-_IGNORED_WORKLOAD_FIELDS = ("seed", "warmup", "num_requests")
+_IGNORED_WORKLOAD_FIELDS = ("seed", "warmup", "num_requests", "repeats")
 
 
 def default_data() -> list[Path]:
