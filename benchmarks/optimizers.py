@@ -1,6 +1,6 @@
 """Optimizer benchmark suite on the simulator: every optimizer x paired seeds x scenarios.
 
-    python benchmarks/optimizers.py --seeds 20 --budget 15 [--jobs 2] [--landscape 400] [--load-scale 1]
+    python benchmarks/optimizers.py --seeds 20 --budget 15 [--jobs 2] [--landscape 400] [--load-scale 1] [--repeats 1]
 
 Scenarios span the failure modes: the seed's Qwen2-1.5B on an A100-40GB (few crashes, bimodal latency),
 Llama-3.1-8B on an L4-24GB (most of the space crashes), Qwen2-1.5B on an H100 under a strict ITL SLO,
@@ -24,8 +24,9 @@ The landscape best is the highest such mean among the ``TOP_K`` best configs of 
 every config any run launched.
 ``--load-scale K`` multiplies every scenario's requests per load, for every trial and for the judge: the
 measurement noise a run ranks its configs by falls (not as 1/sqrt(K): SLO misses come in bursts), each trial
-costs K times the simulation.
-Prints one markdown table per scenario and writes ``results/benchmarks/optimizers_b{B}[_xK].csv``
+costs K times the simulation. ``--repeats R`` instead measures every trial on R independent loads, pooled
+(the workload's ``repeats``), the cure that works on real vLLM, whose whole loads shift in speed.
+Prints one markdown table per scenario and writes ``results/benchmarks/optimizers_b{B}[_xK][_rR].csv``
 (one row per run), ``..._anytime.csv`` (best-so-far per trial) and figures under ``figures/benchmarks/``.
 Needs the ``analysis`` extra (pandas, seaborn).
 """
@@ -194,7 +195,7 @@ def table(df: pd.DataFrame, sc: Scenario, land: dict[str, Any]) -> str:
     base = {o: d[d.optimizer == o].set_index("seed")["final_best_pct"] for o in ("random", "tpe")}
     lines = [f"### {sc.name}  (landscape best {land['best']:,.0f} tok/s; {100 * land['crash_frac']:.0f}% of the "
              f"space crashes, {100 * land['feasible_frac']:.0f}% is feasible; {sc.workload.num_requests} requests "
-             "per load)", "",
+             f"per load, {sc.workload.repeats} per trial)", "",
              "| optimizer | final best % | reach 95% | found 95% | trials to 95% | crash trials % | crash GPU-s % | "
              "fast trials | post-hit | p vs random | p vs tpe |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for opt in OPTIMIZERS:
@@ -253,12 +254,15 @@ def main() -> None:
     ap.add_argument("--scenarios", nargs="*", default=[s.name for s in SCENARIOS])
     ap.add_argument("--load-scale", type=int, default=1,
                     help="multiply every scenario's requests per load (less measurement noise, slower trials)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="loads per trial, pooled (the workload's `repeats`): averages load-to-load shifts")
     ap.add_argument("--out", type=Path, default=ROOT, help="writes results/benchmarks and figures/benchmarks here")
     args = ap.parse_args()
     scenarios = [dataclasses.replace(s, workload=dataclasses.replace(
-        s.workload, num_requests=s.workload.num_requests * args.load_scale)) for s in SCENARIOS
-        if s.name in args.scenarios]
-    tag = f"b{args.budget}" + (f"_x{args.load_scale}" if args.load_scale != 1 else "")
+        s.workload, num_requests=s.workload.num_requests * args.load_scale, repeats=args.repeats))
+        for s in SCENARIOS if s.name in args.scenarios]
+    tag = (f"b{args.budget}" + (f"_x{args.load_scale}" if args.load_scale != 1 else "")
+           + (f"_r{args.repeats}" if args.repeats != 1 else ""))
     t0 = time.perf_counter()
     seeds = [42 + 100 * i for i in range(args.seeds)]
     with mp.get_context("fork").Pool(args.jobs) as pool:

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .engine.base import Engine, EngineCrash
-from .metrics import pooled, summarize
+from .metrics import LoadResult, pooled, summarize
 from .slo import SLO
 from .space import Config
 from .workload import Workload
@@ -35,17 +35,19 @@ def evaluate(engine: Engine, config: Config, workload: Workload, slo: SLO, seed:
     info = server.info
     rec |= {"engine_start_s": info.start_s, "engine_version": info.engine_version,
             "kv_cache_tokens": info.kv_cache_tokens, "engine_info": info.extra}
+    loads: list[LoadResult] = []  # ``repeats`` loads, each on its own prompt seed
     try:
-        load = pooled([server.run_load(dataclasses.replace(workload, seed=workload.seed + i))
-                       for i in range(workload.repeats)])
+        for i in range(workload.repeats):
+            loads.append(server.run_load(dataclasses.replace(workload, seed=workload.seed + i)))
     except EngineCrash as crash:
-        return rec | _crash_fields(crash) | {"gpu_seconds": info.start_s + crash.elapsed_s,
+        return rec | _crash_fields(crash) | {"gpu_seconds": info.start_s + _loaded_s(loads) + crash.elapsed_s,
                                              "wall_s": time.perf_counter() - t0}
     except Exception as e:  # a harness failure: record it, keep the study alive
         return rec | {"status": "error", "crash_message": f"{type(e).__name__}: {e}",
-                      "gpu_seconds": info.start_s, "wall_s": time.perf_counter() - t0}
+                      "gpu_seconds": info.start_s + _loaded_s(loads), "wall_s": time.perf_counter() - t0}
     finally:
         server.close()
+    load = pooled(loads)
     metrics = summarize(load)
     verdict = slo.evaluate(load, metrics)
     metrics |= {"goodput_tok_s": verdict.goodput_tok_s, "goodput_req_s": verdict.goodput_req_s,
@@ -56,6 +58,10 @@ def evaluate(engine: Engine, config: Config, workload: Workload, slo: SLO, seed:
         "gpu_seconds": info.start_s + load.duration_s,
         "wall_s": time.perf_counter() - t0,
     }
+
+
+def _loaded_s(loads: list[LoadResult]) -> float:
+    return sum(load.duration_s for load in loads)
 
 
 def _crash_fields(crash: EngineCrash) -> dict[str, Any]:
