@@ -27,20 +27,16 @@ import numpy as np
 
 from sloguard_lib.engine import EngineCrash, make_engine
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.metrics import LoadResult, RequestResult, summarize
+from sloguard_lib.metrics import LoadResult, summarize
 from sloguard_lib.slo import SLO
 from sloguard_lib.workload import parse_workload
-
-
-def per_request_itl_p99_ms(r: RequestResult) -> float:
-    return float(np.percentile(r.itl_s, 99)) * 1000 if r.itl_s else 0.0
 
 
 def quantile_slo(loads: list[LoadResult], q: float) -> SLO:
     """Thresholds at the ``q``-quantile of every request's TTFT and own ITL p99, pooled over all loads."""
     ok = [r for load in loads for r in load.requests if r.ok]
     return SLO(float(np.quantile([r.ttft_s * 1000 for r in ok], q)),
-               float(np.quantile([per_request_itl_p99_ms(r) for r in ok], q)))
+               float(np.quantile([r.itl_p99_s * 1000 for r in ok], q)))
 
 
 def spread(loads: list[LoadResult], slo: SLO) -> dict[str, float]:

@@ -33,6 +33,11 @@ class RequestResult:
             return 0.0
         return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
 
+    @property
+    def itl_p99_s(self) -> float:
+        """This request's own ITL p99, what its ITL SLO is judged on (0 for a single-token answer)."""
+        return float(np.percentile(self.itl_s, 99)) if self.itl_s else 0.0
+
 
 @dataclass
 class LoadResult:

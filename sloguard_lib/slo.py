@@ -28,8 +28,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .errors import InputError
 from .metrics import LoadResult, RequestResult
 
@@ -74,7 +72,7 @@ class SLO:
             return False
         if r.ttft_s * 1000 > self.ttft_p99_ms:
             return False
-        if r.itl_s and float(np.percentile(r.itl_s, 99)) * 1000 > self.itl_p99_ms:
+        if r.itl_p99_s * 1000 > self.itl_p99_ms:
             return False
         if self.tpot_p99_ms is not None and r.tpot_s * 1000 > self.tpot_p99_ms:
             return False
