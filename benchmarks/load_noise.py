@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sloguard_lib.engine import EngineCrash, make_engine
+from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.metrics import LoadResult, summarize
 from sloguard_lib.slo import SLO
@@ -68,9 +69,16 @@ def main() -> None:
         raise SystemExit("--sizes and --loads need the same number of values")
     if (args.slo_ttft_p99 is None) != (args.slo_itl_p99 is None):
         raise SystemExit("give both --slo-ttft-p99 and --slo-itl-p99, or neither (then --slo-quantile sets them)")
-    config: dict[str, Any] = json.loads(args.config)
-    base = parse_workload(args.workload)
-    engine = make_engine(args.backend, resolve_model(args.model), get_gpu(args.gpu))
+    try:
+        config: dict[str, Any] = json.loads(args.config)
+        if not isinstance(config, dict):
+            raise SystemExit(f"--config {args.config!r} is not a JSON object")
+        base = parse_workload(args.workload)
+        engine = make_engine(args.backend, resolve_model(args.model), get_gpu(args.gpu))
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--config {args.config!r} is not valid JSON: {e.msg}") from None
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:

@@ -172,3 +172,6 @@ def test_load_noise_benchmark_logs_every_load_and_the_spread(tmp_path: Path) -> 
     bad = subprocess.run([sys.executable, str(root / "benchmarks" / "load_noise.py"), "--sizes", "16", "64",
                           "--loads", "6", "--out", str(tmp_path)], capture_output=True, text=True, cwd=root)
     assert bad.returncode != 0 and "--sizes and --loads need the same number of values" in bad.stderr
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "load_noise.py"), "--config", "{bad",
+                          "--out", str(tmp_path)], capture_output=True, text=True, cwd=root)
+    assert bad.returncode != 0 and "--config '{bad' is not valid JSON" in bad.stderr
