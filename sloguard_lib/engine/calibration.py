@@ -43,7 +43,8 @@ class SimCalibration:
 
     # --- noise ---
     step_noise_sigma: float = 0.04  # log-normal sigma of per-step time
-    trial_noise_sigma: float = 0.02  # log-normal sigma shared by a whole trial (run-to-run variation)
+    trial_noise_sigma: float = 0.02  # log-normal sigma of one speed factor per load (load-to-load shifts; real
+    # vLLM on the H100 shows ~0.044: results/h100/README.md, "Load-to-load goodput noise")
     hiccup_prob: float = 0.02  # host hiccups (GC, scheduling): this fraction of steps takes
     hiccup_factor: float = 2.7  # this many times longer -- the heavy tail behind real ITL p99s
 
