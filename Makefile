@@ -1,4 +1,4 @@
-# The two set-up commands of the README: `make tune` (install + a real study on the simulator)
+# The two set-up commands of the README: `make tune` (install + a real study on the simulator, GPU or not)
 # and `make test` (install + the test suite). Both work on a fresh machine with Python >= 3.11.
 PY ?= python3
 PIP := $(PY) -m pip install -q --disable-pip-version-check
@@ -17,7 +17,7 @@ install-core:
 	$(PIP) -e .
 
 tune: install-core
-	$(PY) -m sloguard_lib.cli tune --model Qwen/Qwen2-1.5B --gpu a100-40gb --optimizer tpe --budget 15 \
+	$(PY) -m sloguard_lib.cli tune --backend sim --model Qwen/Qwen2-1.5B --gpu a100-40gb --optimizer tpe --budget 15 \
 		--slo-ttft-p99 500 --slo-itl-p99 100 --seed 42 --out results/quickstart --resume
 
 # the suite includes end-to-end tests against real vLLM (CPU build) in its own venv

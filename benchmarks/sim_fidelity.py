@@ -1,6 +1,6 @@
-"""Simulator vs every real point recorded on the H100 (results/h100/calibration.jsonl).
+"""Simulator vs every real point recorded on the H100 (sloguard_lib/data/h100/calibration.jsonl).
 
-    python benchmarks/sim_fidelity.py [--data results/h100/calibration.jsonl]
+    python benchmarks/sim_fidelity.py [--data sloguard_lib/data/h100/calibration.jsonl]
 
 Prints sim, real and relative error per point and metric, then the median and worst |error| per metric
 (only target rows, see sloguard_lib/fidelity.py) and the crash-verdict agreement.

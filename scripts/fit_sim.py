@@ -1,4 +1,4 @@
-"""Re-fit the simulator's latency constants to the recorded real points (results/h100/calibration.jsonl).
+"""Re-fit the simulator's latency constants to the recorded real points (sloguard_lib/data/h100/calibration.jsonl).
 
     python scripts/fit_sim.py [--iters 300]
 

@@ -1,14 +1,23 @@
 """Batch studies over seeds x optimizers with papermill: ``sloguard batch plan`` and ``sloguard batch run``.
 
 ``plan`` writes one papermill parameter YAML per (seed, optimizer) pair under ``papermill_params/<name>/``.
-``run`` executes ``notebooks/tune.ipynb`` once per YAML whose study log is not complete yet, saving the
-executed notebook next to the log. It is resumable at two levels: a complete pair is skipped, and a
-partial one resumes inside the notebook (``resume=True``), so killing ``batch run`` and starting it again
-never repeats a finished trial.
+``run`` executes the packaged ``tune.ipynb`` once per YAML whose study log is not complete yet, saving the
+executed notebook next to the log. It is resumable at two levels: a complete pair is skipped, and a partial
+one resumes inside the notebook (``resume=True``), so killing ``batch run`` and starting it again never
+repeats a finished trial.
+
+A batch never mixes studies. ``plan`` refuses to overwrite a different plan of the same name (``replace``
+says so explicitly); ``run`` checks, before it runs anything, that every existing log is the study its
+parameter file describes (model, GPU, backend, SLO, workload, space; no more trials than the budget) and
+that the results folder holds no log outside the plan. Paths in a plan are relative to the folder that
+holds ``papermill_params/``, and notebooks execute there, so a batch runs the same from any working
+directory. Parameter files are data: only the tune notebook's own parameters, with plain values, reach
+papermill (a key is pasted into code by papermill, so an unchecked key could run anything).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,48 +25,94 @@ from typing import Any
 
 import yaml
 
-from .errors import InputError
-from .runner import StudySpec, log_path_for
+from .errors import InputError, yaml_problem
+from .runner import StudySpec, check_same_study, log_path_for
 from .slo import SLO
-from .trial_log import read_log
-from .workload import parse_workload, workload_from
+from .trial_log import is_trial_log, read_log
+from .workload import Workload, parse_workload, workload_from
 
-REPO = Path(__file__).resolve().parent.parent
-TUNE_NOTEBOOK = REPO / "notebooks" / "tune.ipynb"
+TUNE_NOTEBOOK = Path(__file__).parent / "notebooks" / "tune.ipynb"  # package data: there in a wheel too
+PARAMS_ROOT = "papermill_params"
+#: the tune notebook's parameters and the types a parameter file may give them
+PARAMETERS: dict[str, tuple[type, ...]] = {
+    "model": (str,), "gpu": (str,), "backend": (str,), "optimizer": (str,), "seed": (int,), "budget": (int,),
+    "slo_ttft_p99_ms": (int, float), "slo_itl_p99_ms": (int, float), "workload": (dict,), "out_dir": (str,),
+}
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _check_name(name: str) -> str:
+    if not NAME.fullmatch(name) or ".." in name:
+        raise InputError(f"batch name {name!r}: use letters, digits, '-', '_' and '.' (it names two folders)")
+    return name
 
 
 def plan(name: str, seeds: Sequence[int], optimizers: Sequence[str], *, budget: int, backend: str, model: str,
-         gpu: str, slo: SLO, workload: str, out_root: str | Path = "results",
-         params_root: str | Path = "papermill_params") -> list[Path]:
-    """Write one parameter file per pair; an existing identical plan is left as it is."""
-    workload_fields = parse_workload(workload).to_dict()  # fail now, not in the tenth notebook
-    out_dir = Path(out_root) / name
-    folder = Path(params_root) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+         gpu: str, slo: SLO, workload: str, root: str | Path = ".", replace: bool = False) -> list[Path]:
+    """Write one parameter file per pair under ``root/papermill_params/<name>/``; the logs will go to
+    ``root/results/<name>/``. An identical existing plan is left as it is; a different one is an error unless
+    ``replace`` (then its files are removed first)."""
+    folder = Path(root) / PARAMS_ROOT / _check_name(name)
+    wl = parse_workload(workload)
+    wanted: dict[str, dict[str, Any]] = {}
     for seed in seeds:
         for opt in optimizers:
             params = {"model": model, "gpu": gpu, "backend": backend, "optimizer": opt, "seed": int(seed),
                       "budget": int(budget), "slo_ttft_p99_ms": slo.ttft_p99_ms, "slo_itl_p99_ms": slo.itl_p99_ms,
-                      "workload": workload_fields, "out_dir": str(out_dir)}
-            path = folder / f"{opt}_seed{seed}.yaml"
-            path.write_text(yaml.safe_dump(params, sort_keys=False))
-            written.append(path)
-    return written
+                      "workload": wl.to_dict(), "out_dir": f"results/{name}"}
+            _spec(params, f"pair seed {seed} / {opt}")  # every mistake now, not in the tenth notebook
+            wanted[f"{opt}_seed{seed}.yaml"] = params
+    existing = {p.name: p for p in folder.glob("*.yaml")}
+    if existing:
+        same = set(existing) == set(wanted) and all(
+            _normal(yaml.safe_load(existing[f].read_text())) == _normal(p) for f, p in wanted.items())
+        if same:
+            return [folder / f for f in wanted]
+        if not replace:
+            raise InputError(f"{str(folder)!r} already holds a different plan ({len(existing)} files); pass "
+                             "--replace to replace it, or choose another --name")
+        for p in existing.values():
+            p.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for f, params in wanted.items():
+        (folder / f).write_text(yaml.safe_dump(params, sort_keys=False))
+    return [folder / f for f in wanted]
+
+
+def _normal(params: Any) -> Any:
+    """A parameter mapping with its workload completed by today's defaults (older plans lack newer fields)."""
+    if isinstance(params, dict) and isinstance(params.get("workload"), dict):
+        return params | {"workload": Workload.from_dict(params["workload"]).to_dict()}
+    return params
+
+
+def _spec(params: dict[str, Any], where: str) -> StudySpec:
+    try:
+        return StudySpec(model=params["model"], gpu=params["gpu"], optimizer=params["optimizer"],
+                         seed=params["seed"], budget=params["budget"], backend=params["backend"],
+                         slo=SLO(params["slo_ttft_p99_ms"], params["slo_itl_p99_ms"]),
+                         workload=workload_from(params["workload"]))
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
 
 
 @dataclass(frozen=True)
 class Pair:
     params_file: Path
     params: dict[str, Any]
+    root: Path  # the folder holding papermill_params/: relative paths in the plan start here
+
+    @property
+    def spec(self) -> StudySpec:
+        return _spec(self.params, f"parameter file {str(self.params_file)!r}")
+
+    @property
+    def out_dir(self) -> Path:
+        return self.root / str(self.params["out_dir"])
 
     @property
     def log_path(self) -> Path:
-        p = self.params
-        spec = StudySpec(model=p["model"], gpu=p["gpu"], optimizer=p["optimizer"], seed=p["seed"],
-                         budget=p["budget"], backend=p["backend"], slo=SLO(p["slo_ttft_p99_ms"], p["slo_itl_p99_ms"]),
-                         workload=workload_from(p["workload"]), space=None)
-        return log_path_for(p["out_dir"], spec)
+        return log_path_for(self.out_dir, self.spec)
 
     def done_trials(self) -> int:
         return len(read_log(self.log_path).trials) if self.log_path.exists() else 0
@@ -68,32 +123,69 @@ class Pair:
 
 
 def load_pairs(params_dir: str | Path) -> list[Pair]:
-    files = sorted(Path(params_dir).glob("*.yaml"))
-    if not files:
-        raise InputError(f"no parameter files (*.yaml) in {str(params_dir)!r}; run `sloguard batch plan` first")
+    folder = Path(params_dir)
+    files_ = sorted(folder.glob("*.yaml"))
+    if not files_:
+        raise InputError(f"no parameter files (*.yaml) in {str(folder)!r}; run `sloguard batch plan` first")
     pairs = []
-    for f in files:
+    for f in files_:
         try:
             params = yaml.safe_load(f.read_text())
         except yaml.YAMLError as e:
-            raise InputError(f"parameter file {str(f)!r} is not valid YAML: {e}") from None
-        pairs.append(Pair(f, params))
+            raise InputError(f"parameter file {str(f)!r} is not valid YAML: {yaml_problem(e)}") from None
+        _check_params(f, params)
+        pairs.append(Pair(f, params, folder.resolve().parent.parent))
     return pairs
 
 
-def run(params_dir: str | Path, *, notebook: str | Path = TUNE_NOTEBOOK, kernel: str | None = None,
-        progress: bool = True) -> list[Path]:
-    """Execute the tune notebook for every incomplete pair; returns the logs of all pairs."""
+def _check_params(path: Path, params: Any) -> None:
+    if not isinstance(params, dict):
+        raise InputError(f"parameter file {str(path)!r}: expected a mapping of the tune notebook's parameters")
+    unknown = sorted(str(k) for k in params if k not in PARAMETERS)
+    if unknown:
+        raise InputError(f"parameter file {str(path)!r}: unknown parameter {unknown[0]!r}; the tune notebook "
+                         f"takes {', '.join(PARAMETERS)}")
+    for key, types in PARAMETERS.items():
+        if key not in params:
+            raise InputError(f"parameter file {str(path)!r}: missing parameter {key!r}")
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise InputError(f"parameter file {str(path)!r}: {key} must be {types[0].__name__}, got {value!r}")
+    out = Path(params["out_dir"])
+    if out.is_absolute() or ".." in out.parts:
+        raise InputError(f"parameter file {str(path)!r}: out_dir {str(out)!r} must be a folder under the project")
+
+
+def check(pairs: Sequence[Pair]) -> None:
+    """Refuse a batch whose results folders hold other studies (see the module docstring)."""
+    for pair in pairs:
+        if pair.log_path.exists():
+            spec = pair.spec
+            check_same_study(pair.log_path, read_log(pair.log_path), spec.header(), budget=spec.budget)
+    planned = {pair.log_path.resolve() for pair in pairs}
+    for out_dir in sorted({pair.out_dir for pair in pairs}):
+        strays = [p for p in sorted(out_dir.glob("*.jsonl")) if p.resolve() not in planned and is_trial_log(p)]
+        if strays:
+            raise InputError(f"{str(out_dir)!r} holds {len(strays)} study log(s) that are not in this plan (e.g. "
+                             f"{strays[0].name}); a report would mix them in: move them away, or plan under "
+                             "another --name")
+
+
+def run(name: str, *, root: str | Path = ".", notebook: str | Path = TUNE_NOTEBOOK, kernel: str | None = None,
+        progress: bool = True) -> tuple[int, list[Path]]:
+    """Execute the tune notebook for every incomplete pair; returns how many ran and the logs of all pairs."""
     import papermill as pm  # optional: the notebooks extra
     from tqdm.auto import tqdm
 
-    pairs = load_pairs(params_dir)
+    pairs = load_pairs(Path(root) / PARAMS_ROOT / _check_name(name))
+    check(pairs)
+    ran = 0
     for pair in tqdm(pairs, desc="pairs", unit="pair", disable=not progress):
         if pair.complete:
             continue
-        out_dir = Path(pair.params["out_dir"])
-        out_dir.mkdir(parents=True, exist_ok=True)
-        executed = out_dir / f"{pair.params_file.stem}.ipynb"
+        pair.out_dir.mkdir(parents=True, exist_ok=True)
+        executed = pair.out_dir / f"{pair.params_file.stem}.ipynb"
         pm.execute_notebook(str(notebook), str(executed), parameters=pair.params | {"resume": True},
-                            kernel_name=kernel, progress_bar=False, cwd=str(REPO))
-    return [p.log_path for p in pairs]
+                            kernel_name=kernel, progress_bar=False, cwd=str(pair.root))
+        ran += 1
+    return ran, [p.log_path for p in pairs]

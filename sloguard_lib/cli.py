@@ -1,13 +1,16 @@
 """``sloguard`` command line: ``tune`` a study, ``bench`` one config, show the ``space``.
 
 Every user mistake surfaces as ``error: <what> ...`` on stderr with exit code 2 (argparse's own
-convention), never as a traceback; a config that crashes the engine under ``bench`` exits 1.
+convention), never as a traceback; a config that crashes the engine under ``bench`` exits 1. A stop request
+(Ctrl-C, SIGTERM, SIGHUP) ends the running server's whole process tree, says where the log is and how to
+continue, and exits 128 + the signal's number (130, 143, 129).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,14 +21,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .engine import BACKENDS, default_backend, make_engine
-from .errors import InputError
+from .engine import BACKENDS, default_backend, make_engine, placement
+from .errors import InputError, yaml_problem
 from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
+from .interrupts import Interrupted, interrupts_raise
 from .optimizers import OPTIMIZERS
-from .runner import StudyResult, StudySpec, default_space, log_path_for, run_study
+from .runner import StudyResult, StudySpec, default_space, log_path_for, run_study, server_log_dir
 from .slo import SLO
-from .space import BOOL_KNOBS, NUMERIC_KNOBS, SearchSpace, load_space_file, parse_range_override
+from .space import BOOL_KNOBS, NUMERIC_KNOBS, SearchSpace, build_serving_space, load_space_file, parse_range_override
 from .trial import evaluate, trial_seed
+from .trial_log import read_log
 from .workload import Workload, parse_workload
 
 EXIT_INPUT = 2
@@ -44,7 +49,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, choices=sorted(BACKENDS),
                    help="engine backend (default: vllm on a GPU machine, else sim)")
     p.add_argument("--data", action="append", default=None, metavar="JSONL",
-                   help="replay backend: recorded calibration grids / study logs (repeatable; default: results/h100)")
+                   help="replay backend: recorded calibration grids / study logs (repeatable; default: the packaged "
+                        "real H100 data)")
     p.add_argument("--load-procs", type=int, default=1, metavar="N",
                    help="vllm backend: load-generator processes (one parses ~40k streamed tokens/s)")
     p.add_argument("--workload", default="", help="e.g. concurrency=16,input_len=512,output_len=128,num_requests=64")
@@ -55,11 +61,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-tpot-p99", type=float, default=None, help="optional TPOT p99 SLO in ms")
 
 
+def _command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows every option's default."""
+    return sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)  # type: ignore[no-any-return]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sloguard", description="Crash-aware autotuning of vLLM serving knobs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tune = sub.add_parser("tune", help="run (or --resume) a tuning study")
+    tune = _command(sub, "tune", help="run (or --resume) a tuning study")
     _common(tune)
     tune.add_argument("--optimizer", default="tpe", choices=sorted(OPTIMIZERS))
     tune.add_argument("--budget", type=int, default=15, help="number of trials")
@@ -76,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--stop-after-s", type=float, default=None,
                       help="start no new trial after this many seconds (continue later with --resume)")
 
-    bench = sub.add_parser("bench", help="evaluate ONE config with a workload and print its metrics")
+    bench = _command(sub, "bench", help="evaluate ONE config with a workload and print its metrics")
     _common(bench)
     for knob in NUMERIC_KNOBS:
         bench.add_argument("--" + knob.replace("_", "-"), type=float if "utilization" in knob else int, default=None)
@@ -85,26 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quantization", default=None)
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
-    batch = sub.add_parser("batch", help="plan or run a seeds x optimizers batch of notebook studies")
+    batch = _command(sub, "batch", help="plan or run a seeds x optimizers batch of notebook studies")
     bsub = batch.add_subparsers(dest="batch_command", required=True)
-    bplan = bsub.add_parser("plan", help="write one papermill parameter file per (seed, optimizer) pair")
+    bplan = _command(bsub, "plan", help="write one papermill parameter file per (seed, optimizer) pair")
     _common(bplan)
-    bplan.add_argument("--name", default="multiseed", help="batch name: papermill_params/NAME, results/NAME")
+    bplan.add_argument("--name", required=True, help="batch name: its plan goes to papermill_params/NAME/, its "
+                       "logs and executed notebooks to results/NAME/")
     bplan.add_argument("--seeds", type=int, nargs="+", default=[42, 142, 242, 342, 442])
     bplan.add_argument("--optimizers", nargs="+", default=["random", "tba-tpe"])
     bplan.add_argument("--budget", type=int, default=15)
-    brun = bsub.add_parser("run", help="execute notebooks/tune.ipynb for every pending pair (resumable)")
-    brun.add_argument("--name", default="multiseed")
+    bplan.add_argument("--replace", action="store_true", help="replace an existing, different plan of this name")
+    brun = _command(bsub, "run", help="execute the tune notebook for every pending pair (resumable)")
+    brun.add_argument("--name", required=True, help="the batch planned with `batch plan --name`")
     brun.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
 
-    rep = sub.add_parser("report", help="multi-seed statistics, summary.json and figures of a results dir")
+    rep = _command(sub, "report", help="multi-seed statistics, summary.json and figures of a results dir")
     rep.add_argument("--results-dir", default="results/multiseed")
-    rep.add_argument("--output", default="figures/multiseed")
-    rep.add_argument("--baseline", default="random")
+    rep.add_argument("--output", default=None, help="figures folder (default: RESULTS_DIR/figures)")
+    rep.add_argument("--baseline", default=None,
+                     help="optimizer the p-values compare against (default: random if present)")
+    rep.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                     help="keep only studies whose identity FIELD (model, gpu, backend, slo, workload, space, "
+                          "budget) has this value, e.g. gpu=h100-80gb; repeatable")
 
-    space = sub.add_parser("space", help="print the search space for a model and GPU")
+    space = _command(sub, "space", help="print the search space for a model and GPU")
     space.add_argument("--model", default="qwen2-1.5b")
     space.add_argument("--gpu", default=None, choices=sorted(GPUS))
+    space.add_argument("--workload", default="", help="the longest request sets max_model_len's floor")
     return parser
 
 
@@ -139,7 +157,7 @@ def _configs(text: str) -> list[dict[str, Any]]:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise InputError(f"--enqueue file {text!r} is not valid YAML/JSON: {e}") from None
+            raise InputError(f"--enqueue file {text!r} is not valid YAML/JSON: {yaml_problem(e)}") from None
     configs = data if isinstance(data, list) else [data]
     if not all(isinstance(c, dict) for c in configs):
         raise InputError(f"--enqueue {text!r}: expected a config mapping or a list of them")
@@ -153,13 +171,15 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_tune(args: argparse.Namespace, console: Console) -> int:
-    gpu = args.gpu or _default_gpu()
-    backend = args.backend or default_backend()
+    backend, gpu = placement(args.backend, args.gpu)
     workload = parse_workload(args.workload)
+    if args.stop_after_s is not None and not args.stop_after_s > 0:  # also NaN
+        raise InputError(f"--stop-after-s must be a positive number of seconds, got {args.stop_after_s}")
     spec = StudySpec(model=args.model, gpu=gpu, optimizer=args.optimizer, seed=args.seed, budget=args.budget,
                      backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload),
                      enqueue=tuple(c for text in args.enqueue for c in _configs(text)))
-    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), _engine_options(args))
+    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu),
+                         _engine_options(args) | {"log_dir": server_log_dir(args.out, spec)})
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
     console.print(f"[bold]SLO-Guard[/] {spec.optimizer} on {backend}: {spec.model} / {gpu}, "
                   f"{spec.workload.describe()}, SLO TTFT p99 {spec.slo.ttft_p99_ms:g} ms / ITL p99 "
@@ -174,11 +194,22 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
             detail = rec["crash_class"] if rec["status"] == "crash" else f"goodput {good or 0:,.0f} tok/s"
             progress.update(task, advance=1, description=f"trial {rec['trial']:>3}: {rec['status']} ({detail})")
 
-        result = run_study(spec, args.out, resume=args.resume, engine=engine,
-                           on_trial=on_trial if not args.quiet else None, stop_after_s=args.stop_after_s)
+        try:
+            result = run_study(spec, args.out, resume=args.resume, engine=engine,
+                               on_trial=on_trial if not args.quiet else None, stop_after_s=args.stop_after_s)
+        except KeyboardInterrupt:
+            progress.stop()
+            _say_how_to_resume(log_path_for(args.out, spec))
+            raise
         progress.update(task, completed=len(result.trials))
     _print_summary(result, console)
     return 0
+
+
+def _say_how_to_resume(log: Path) -> None:
+    saved = len(read_log(log).trials) if log.exists() and log.stat().st_size else 0
+    print(f"interrupted: {saved} trial{'s' * (saved != 1)} saved in {log}; the trial in flight was not logged. "
+          "Continue with the same command plus --resume.", file=sys.stderr)
 
 
 def _print_summary(result: StudyResult, console: Console) -> None:
@@ -189,9 +220,21 @@ def _print_summary(result: StudyResult, console: Console) -> None:
     table.add_row("feasible / SLO miss / crash / error",
                   f"{counts['ok']} / {counts['slo_violation']} / {counts['crash']} / {counts['error']}")
     table.add_row("crash waste", f"{100 * result.crash_waste:.1f} % of GPU-seconds")
+    approximate = sum(bool((t.get("engine_info") or {}).get("approximate")) for t in result.trials)
+    if approximate:
+        table.add_row("approximate answers", f"{approximate} of {len(result.trials)} trials answered from the "
+                      "nearest recorded config, not a measurement of their own")
     best = result.best
     if best is None:
         table.add_row("best config", "none met the SLO")
+        miss = _closest_miss(result.trials)
+        if miss is not None:
+            usage = miss.get("slo_usage") or {}
+            binding = max(usage, key=lambda k: usage[k]) if usage else None
+            table.add_row("closest miss", f"trial {miss['trial']}: {json.dumps(miss['config'])}")
+            if binding:
+                table.add_row("binding SLO", f"{binding} at {usage[binding]:.2f}x its limit "
+                              f"(violated: {', '.join(miss.get('violated') or []) or '-'})")
     else:
         m = best["metrics"]
         table.add_row("best trial", str(best["trial"]))
@@ -206,11 +249,33 @@ def _print_summary(result: StudyResult, console: Console) -> None:
     console.print(table)
 
 
-def cmd_bench(args: argparse.Namespace, console: Console) -> int:
-    gpu = args.gpu or _default_gpu()
-    backend = args.backend or default_backend()
+def _closest_miss(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The SLO miss whose worst SLO was the least exceeded (``slo_usage``: measured / limit per SLO)."""
+    misses = [t for t in trials if t["status"] == "slo_violation" and t.get("slo_usage")]
+    return min(misses, key=lambda t: max(t["slo_usage"].values()), default=None)
+
+
+def _bench_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The knobs given on the command line; values vLLM can never accept are input errors, not crashes."""
     config: dict[str, Any] = {k: getattr(args, k) for k in (*NUMERIC_KNOBS, *BOOL_KNOBS, "quantization")
                               if getattr(args, k) is not None}
+    for knob in NUMERIC_KNOBS:
+        value = config.get(knob)
+        if value is None:
+            continue
+        if knob == "gpu_memory_utilization":
+            if not (math.isfinite(value) and 0 < value <= 1):
+                raise InputError(f"--gpu-memory-utilization must be in (0, 1], got {value}")
+        elif value < 1:
+            raise InputError(f"--{knob.replace('_', '-')} must be >= 1, got {value}")
+    if "quantization" in config:
+        build_serving_space().with_overrides({"quantization": {"choices": [config["quantization"]]}})
+    return config
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    backend, gpu = placement(args.backend, args.gpu)
+    config = _bench_config(args)
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), _engine_options(args))
     workload = parse_workload(args.workload)
     rec = evaluate(engine, config, workload, _slo(args), trial_seed(args.seed, 0))
@@ -218,7 +283,7 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         print(json.dumps(rec, default=str, indent=2))
     else:
-        console.print_json(json.dumps(rec, default=str))
+        console.print_json(json.dumps(rec, default=str))  # stdout, pretty
     return EXIT_CRASH if rec["status"] == "crash" else 0
 
 
@@ -231,26 +296,31 @@ def cmd_batch(args: argparse.Namespace, console: Console) -> int:
                 raise InputError(f"unknown optimizer {opt!r}; available: {', '.join(OPTIMIZERS)}")
         files = batch.plan(args.name, args.seeds, args.optimizers, budget=args.budget,
                            backend=args.backend or default_backend(), model=args.model,
-                           gpu=args.gpu or _default_gpu(), slo=_slo(args), workload=args.workload)
-        console.print(f"planned {len(files)} studies in papermill_params/{args.name}/")
+                           gpu=args.gpu or _default_gpu(), slo=_slo(args), workload=args.workload,
+                           replace=args.replace)
+        console.print(f"planned {len(files)} studies in {files[0].parent}/")
         return 0
-    logs = batch.run(f"papermill_params/{args.name}", kernel=args.kernel)
-    console.print(f"{len(logs)} study logs complete in {logs[0].parent if logs else '-'}")
+    ran, logs = batch.run(args.name, kernel=args.kernel)
+    console.print(f"ran {ran} of {len(logs)} studies; {len(logs)} study logs complete in "
+                  f"{logs[0].parent if logs else '-'}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from .report import build_report
 
-    summ = build_report(args.results_dir, args.output, args.baseline)
+    output = args.output or str(Path(args.results_dir) / "figures")
+    summ = build_report(args.results_dir, output, args.baseline, where=args.where)
+    console.print(f"studies: {summ['identity_label']}")
     console.print(summ["table"])
     console.print(f"summary: {args.results_dir}/summary.json; figures: {', '.join(summ['figures'])}")
     return 0
 
 
 def cmd_space(args: argparse.Namespace, console: Console) -> int:
-    space = default_space(args.model, args.gpu or _default_gpu())
+    space = default_space(args.model, args.gpu or _default_gpu(), parse_workload(args.workload))
     table = Table("knob", "type", "range / choices", "active when")
+    table.columns[0].no_wrap = True  # knob names are what users copy into --range: never cut them
     for k in space.knobs:
         rng = f"{list(k.choices)}" if k.kind == "categorical" else (
             "true / false" if k.kind == "bool" else f"{k.low} – {k.high}{' (log)' if k.log else ''}")
@@ -263,13 +333,16 @@ def cmd_space(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=args.command == "bench")
+    console = Console()
+    commands = {"tune": cmd_tune, "bench": cmd_bench, "batch": cmd_batch, "report": cmd_report, "space": cmd_space}
     try:
-        commands = {"tune": cmd_tune, "bench": cmd_bench, "batch": cmd_batch, "report": cmd_report, "space": cmd_space}
-        return commands[args.command](args, console)
+        with interrupts_raise():
+            return commands[args.command](args, console)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except KeyboardInterrupt as e:  # servers were closed on the way out; tune said how to resume
+        return e.exit_code if isinstance(e, Interrupted) else 128 + 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How closely the simulator reproduces recorded real measurements.
 
-A recorded point is one JSON line of ``results/h100/calibration.jsonl`` (written by
+A recorded point is one JSON line of ``sloguard_lib/data/h100/calibration.jsonl`` (written by
 ``scripts/device/calibrate.py``): a config, a workload and either the real metrics or the real crash.
 :func:`compare` replays every point on the ``sim`` backend and returns one row per (point, metric) with the
 relative error, plus one row per crash point with verdict agreement. Points whose prompts the real server
@@ -26,7 +26,7 @@ from .metrics import summarize
 from .workload import Workload
 
 METRICS = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "throughput_tok_s")
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "results" / "h100" / "calibration.jsonl"
+DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "h100" / "calibration.jsonl"
 
 
 @dataclass(frozen=True)

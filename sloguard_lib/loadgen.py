@@ -201,13 +201,16 @@ def run_load(target: LoadTarget, workload: Workload) -> LoadResult:
         workload.warmup if i == 0 else 0, barrier, out)) for i in range(n)]
     for proc in procs:
         proc.start()
+    finished = False
     try:
         shards = [_collect(out, procs, target.load_timeout_s + 120) for _ in procs]
+        finished = True
     finally:
         for proc in procs:
-            proc.join(5)
+            proc.join(5 if finished else 0)  # interrupted or failed: no shard's remaining requests matter
             if proc.is_alive():
                 proc.kill()
+                proc.join()
     results = sorted((r for res, _, _ in shards for r in res), key=lambda r: r.index)
     return LoadResult(results, duration_s=max(e for *_, e in shards) - min(s for _, s, _ in shards))
 

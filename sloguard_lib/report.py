@@ -1,15 +1,21 @@
 """Multi-seed analysis of a results directory: the paper's table, ``summary.json`` and its figures.
 
-Every ``*.jsonl`` trial log under the directory is one (seed, optimizer) study. Statistics use the
-definitions in :mod:`sloguard_lib.stats`; the fast-cluster threshold is computed once over all trials
-of the directory so every optimizer is judged by the same line. Used by ``sloguard report`` and by
-``notebooks/analysis.ipynb`` (which only calls these functions).
+Every ``*.jsonl`` trial log under the directory is one (seed, optimizer) study; other JSONL files
+(calibration grids, load lists) are skipped. Studies are compared only with studies of the same identity
+(model, GPU, backend, SLO, workload, space, budget): a folder that mixes identities is refused, naming the
+field that differs, unless ``where`` filters pick one (``tune`` puts every study in ``results/runs``, so a
+mixed folder is the normal case, and pooling an L4 study with an H100 one by seed would be a wrong table).
+Statistics use the definitions in :mod:`sloguard_lib.stats`; the fast-cluster threshold is computed once
+over all trials of the comparison so every optimizer is judged by the same line. Used by ``sloguard
+report`` and by ``sloguard_lib/notebooks/analysis.ipynb`` (which only calls these functions).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +23,72 @@ import pandas as pd
 
 from . import stats
 from .errors import InputError
-from .trial_log import read_log
+from .trial_log import is_trial_log, read_log
+from .workload import Workload
+
+#: how each crash status is drawn wherever a figure colours trials by status
+STATUS_COLOURS = {"ok": "tab:green", "slo_violation": "tab:orange", "crash": "tab:red", "error": "tab:gray"}
+BOOTSTRAP_SEED = 0  # seaborn's bootstrap CIs: the same figure on every run of the report
 
 
-def load_trials(results_dir: str | Path) -> pd.DataFrame:
-    """One row per trial of every log under ``results_dir`` (recursively), with metrics flattened."""
+def identity(header: Mapping[str, Any]) -> dict[str, str]:
+    """What makes two studies comparable, flattened to ``field: value`` strings (``slo.ttft_p99_ms``,
+    ``workload.concurrency``, ...; the space as a digest of its knobs)."""
+    out = {"model": str(header.get("model")), "gpu": str(header.get("gpu")), "backend": str(header.get("backend")),
+           "budget": str(header.get("budget"))}
+    for k, v in (header.get("slo") or {}).items():
+        out[f"slo.{k}"] = str(v)
+    for k, v in Workload.from_dict(header.get("workload") or {}).to_dict().items():
+        out[f"workload.{k}"] = str(v)
+    space = json.dumps(header.get("space"), sort_keys=True).encode()
+    out["space"] = hashlib.sha256(space).hexdigest()[:10]
+    return out
+
+
+def _matches(ident: Mapping[str, str], where: Sequence[str]) -> bool:
+    for cond in where:
+        key, sep, value = cond.partition("=")
+        if not sep or key.strip() not in ident:
+            raise InputError(f"--where {cond!r}: expected FIELD=VALUE with FIELD one of {', '.join(ident)}")
+        have = ident[key.strip()]
+        try:
+            if float(have) != float(value):
+                return False
+        except ValueError:
+            if have != value.strip():
+                return False
+    return True
+
+
+def select_logs(results_dir: str | Path, where: Sequence[str] = ()) -> list[tuple[Path, dict[str, str]]]:
+    """The study logs under ``results_dir`` that pass ``where``, all of one identity (else an error)."""
+    found = [(p, identity(read_log(p).header)) for p in sorted(Path(results_dir).rglob("*.jsonl")) if is_trial_log(p)]
+    kept = [(p, ident) for p, ident in found if _matches(ident, where)]
+    groups: dict[str, list[dict[str, str]]] = {}
+    for _, ident in kept:
+        groups.setdefault(json.dumps(ident, sort_keys=True), []).append(ident)
+    if len(groups) > 1:
+        first = [g[0] for g in groups.values()]
+        key = next(k for k in first[0] if len({f.get(k) for f in first}) > 1)
+        counts: dict[str, int] = {}
+        for _, ident in kept:
+            counts[ident[key]] = counts.get(ident[key], 0) + 1
+        listed = ", ".join(f"{v}: {n} logs" for v, n in counts.items())
+        raise InputError(f"{str(results_dir)!r} mixes studies of different {key} ({listed}); they are not "
+                         f"comparable: pick one with --where {key}={next(iter(counts))}")
+    return kept
+
+
+def describe_identity(ident: Mapping[str, str]) -> str:
+    return (f"{ident['model']} on {ident['gpu']} ({ident['backend']}), SLO TTFT p99 {ident['slo.ttft_p99_ms']} ms "
+            f"/ ITL p99 {ident['slo.itl_p99_ms']} ms, {ident['workload.concurrency']} concurrent "
+            f"{ident['workload.input_len']}/{ident['workload.output_len']}-token requests, budget {ident['budget']}")
+
+
+def load_trials(results_dir: str | Path, where: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per trial of every comparable log under ``results_dir`` (recursively), with metrics flattened."""
     rows = []
-    logs = sorted(Path(results_dir).rglob("*.jsonl"))
-    for path in logs:
+    for path, _ in select_logs(results_dir, where):
         contents = read_log(path)
         for t in contents.trials:
             m = t.get("metrics") or {}
@@ -63,7 +127,9 @@ def per_run(df: pd.DataFrame) -> pd.DataFrame:
 def summary(runs: pd.DataFrame, baseline: str | None = None) -> dict[str, Any]:
     """Mean ± sd per optimizer and two-sided Mann-Whitney p-values against ``baseline`` (default: random)."""
     optimizers = sorted(runs.optimizer.unique())
-    base_name = str(baseline) if baseline in optimizers else ("random" if "random" in optimizers else optimizers[0])
+    if baseline is not None and baseline not in optimizers:
+        raise InputError(f"baseline {baseline!r} is not among the optimizers here: {', '.join(optimizers)}")
+    base_name = str(baseline) if baseline else ("random" if "random" in optimizers else optimizers[0])
     base = runs[runs.optimizer == base_name]
     metrics = ("fast_trials", "post_hit_consistency", "best_latency_ms", "best_goodput_tok_s")
     out: dict[str, Any] = {"baseline": base_name, "fast_threshold_ms": float(runs.fast_threshold_ms.iloc[0]),
@@ -136,7 +202,8 @@ def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path) -> 
     save(g.figure, "convergence_per_seed.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    sns.lineplot(data=d, x="trial_1", y="best_so_far", hue="optimizer", errorbar=("ci", 95), ax=ax)
+    sns.lineplot(data=d, x="trial_1", y="best_so_far", hue="optimizer", errorbar=("ci", 95), seed=BOOTSTRAP_SEED,
+                 ax=ax)
     ax.set(xlabel="trial", ylabel="best feasible goodput so far (tok/s)", title="Best-so-far, mean and 95% CI")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save(fig, "best_so_far.png")
@@ -154,7 +221,7 @@ def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path) -> 
     if {"knob.gpu_memory_utilization", "knob.max_model_len"} <= set(d.columns):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         sns.scatterplot(data=d, x="knob.gpu_memory_utilization", y="knob.max_model_len", hue="status",
-                        style="status", s=45, ax=ax, hue_order=["ok", "slo_violation", "crash", "error"])
+                        style="status", s=45, ax=ax, hue_order=list(STATUS_COLOURS), palette=STATUS_COLOURS)
         ax.set(xlabel="gpu_memory_utilization", ylabel="max_model_len (tokens)", yscale="log",
                title="Crash map over memory knobs")
         ax.legend(title="status", loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -181,12 +248,16 @@ def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path) -> 
     return paths
 
 
-def build_report(results_dir: str | Path, output: str | Path, baseline: str | None = None) -> dict[str, Any]:
+def build_report(results_dir: str | Path, output: str | Path, baseline: str | None = None,
+                 where: Sequence[str] = ()) -> dict[str, Any]:
     """Everything ``sloguard report`` produces: summary.json in the results dir, figures in ``output``."""
-    df = load_trials(results_dir)
+    df = load_trials(results_dir, where)
     runs = per_run(df)
     summ = summary(runs, baseline)
+    ident = identity(read_log(df["log"].iloc[0]).header)
+    summ["identity"] = ident
     (Path(results_dir) / "summary.json").write_text(json.dumps(summ, indent=2, default=float))
+    summ["identity_label"] = describe_identity(ident)
     summ["figures"] = [str(p) for p in write_figures(df, runs, output)]
     summ["table"] = paper_table(summ).to_string()
     return summ

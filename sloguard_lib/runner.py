@@ -3,7 +3,10 @@
 Resume replays every logged trial into a fresh optimizer (``tell`` only) and continues from the next
 trial number. Because the log is written before ``tell`` and optimizers are history-deterministic, a study
 killed at any instant and resumed produces the same trials as one that was never interrupted: none lost,
-none repeated.
+none repeated. The study holds its log's lock throughout (:func:`~sloguard_lib.trial_log.exclusive`), so a
+second writer is refused instead of duplicating trials. An interrupt (Ctrl-C, SIGTERM, SIGHUP: see
+:mod:`sloguard_lib.interrupts`) propagates out of ``run_study`` after the trial's server is closed; the trial
+in flight is not logged, and ``--resume`` runs it again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .optimizers import Optimizer, Outcome, Proposal, make_optimizer
 from .slo import SLO
 from .space import Config, SearchSpace, build_serving_space
 from .trial import evaluate, trial_seed
-from .trial_log import TrialLog, git_commit, read_log
+from .trial_log import LogContents, TrialLog, exclusive, git_commit, read_log
 from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
@@ -51,6 +54,8 @@ class StudySpec:
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise InputError(f"budget must be >= 1 trial, got {self.budget}")
+        if self.seed < 0:
+            raise InputError(f"seed must be >= 0, got {self.seed}")
         if self.space is None:
             self.space = default_space(self.model, self.gpu, self.workload)
         for i, params in enumerate(self.enqueue):
@@ -116,6 +121,11 @@ def log_path_for(out_dir: str | Path, spec: StudySpec) -> Path:
     return Path(out_dir) / f"{spec.study_id}.jsonl"
 
 
+def server_log_dir(out_dir: str | Path, spec: StudySpec) -> Path:
+    """Where a backend that starts processes keeps their logs: beside the study's own log, one folder a study."""
+    return Path(out_dir) / "server_logs" / spec.study_id
+
+
 def run_study(
     spec: StudySpec, out_dir: str | Path, *, resume: bool = False, engine: Engine | None = None,
     on_trial: Callable[[dict[str, Any]], None] | None = None, stop_after_s: float | None = None,
@@ -128,24 +138,34 @@ def run_study(
     """
     started = time.monotonic()
     path = log_path_for(out_dir, spec)
+    with exclusive(path):
+        return _run(spec, path, resume, engine, on_trial, started, stop_after_s)
+
+
+def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
+         on_trial: Callable[[dict[str, Any]], None] | None, started: float, stop_after_s: float | None) -> StudyResult:
     header = spec.header()
     assert spec.space is not None
     prior = memory_prior(resolve_model(spec.model), get_gpu(spec.gpu))
     optimizer = make_optimizer(spec.optimizer, spec.space, spec.seed, budget=spec.budget, prior=prior)
     done: list[dict[str, Any]] = []
+    logged_budget = spec.budget
     if path.exists() and path.stat().st_size > 0:
         if not resume:
             raise InputError(f"trial log {str(path)!r} already exists: pass --resume to continue it, "
                              "or choose another --out")
-        done = _replay(path, header, optimizer)
+        done, logged_budget = _replay(path, header, optimizer)
     log = TrialLog(path, header)
-    engine = engine or make_engine(spec.backend, resolve_model(spec.model), get_gpu(spec.gpu))
+    if spec.budget > logged_budget:
+        log.extend(spec.budget, len(done), datetime.now(UTC).isoformat(timespec="seconds"))
+    engine = engine or make_engine(spec.backend, resolve_model(spec.model), get_gpu(spec.gpu),
+                                   {"log_dir": server_log_dir(path.parent, spec)})
     for n in range(len(done), spec.budget):
         if stop_after_s is not None and time.monotonic() - started > stop_after_s:
             break
         proposal = Proposal(dict(spec.enqueue[n]), ENQUEUED) if n < len(spec.enqueue) else optimizer.ask()
         config = spec.space.finalize(proposal.params)
-        rec = evaluate(engine, config, spec.workload, spec.slo, trial_seed(spec.seed, n))
+        rec = evaluate(engine, config, spec.workload, spec.slo, trial_seed(spec.seed, n), label=f"trial{n:03d}")
         rec = {"study_id": spec.study_id, "trial": n, "seed": spec.seed, "optimizer": spec.optimizer,
                "phase": proposal.phase, "params": proposal.params, **rec, "backend": spec.backend,
                "engine_version": rec.get("engine_version") or engine.describe()["engine_version"],
@@ -159,21 +179,49 @@ def run_study(
     return StudyResult(path, contents.header, contents.trials, resumed_from=len(done))
 
 
-def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> list[dict[str, Any]]:
+def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> tuple[list[dict[str, Any]], int]:
+    """Tell the optimizer every logged trial; returns them and the budget the log last recorded."""
     contents = read_log(path)
-    for key in RESUME_KEYS:
-        logged = contents.header.get(key, [] if key == "enqueue" else None)  # logs from before --enqueue
-        if key == "workload" and logged is not None:  # fields added since the log was written take defaults
-            logged = Workload.from_dict(logged).to_dict()
-        if _norm(logged) != _norm(header.get(key)):
-            raise InputError(f"cannot resume {str(path)!r}: its {key} is {contents.header.get(key)!r}, "
-                             f"this run asks for {header.get(key)!r}")
+    check_same_study(path, contents, header, budget=header["budget"])
     for i, rec in enumerate(contents.trials):
         if rec.get("trial") != i:
             raise InputError(f"cannot resume {str(path)!r}: record {i} is trial {rec.get('trial')!r}; "
                              "the log has a gap or a duplicate")
         optimizer.tell(rec["params"], outcome_of(rec))
-    return contents.trials
+    return contents.trials, int(contents.header.get("budget") or 0)
+
+
+def check_same_study(path: Path, contents: LogContents, header: Mapping[str, Any], *, budget: int) -> None:
+    """Raise, naming the first differing field, unless the log is this study (its budget may grow)."""
+    for key in RESUME_KEYS:
+        logged = contents.header.get(key, [] if key == "enqueue" else None)  # logs from before --enqueue
+        if key == "workload" and logged is not None:  # fields added since the log was written take defaults
+            logged = Workload.from_dict(logged).to_dict()
+        where = first_difference(_norm(logged), _norm(header.get(key)), key)
+        if where is not None:
+            field_name, was, asked = where
+            raise InputError(f"cannot resume {str(path)!r}: its {field_name} is {was!r}, this run asks for "
+                             f"{asked!r} (a different study: use another --out, or the log's settings)")
+    if len(contents.trials) > budget:
+        raise InputError(f"cannot resume {str(path)!r}: it already holds {len(contents.trials)} trials, more than "
+                         f"the budget of {budget}")
+
+
+def first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The first place where two JSON-like values differ, as (dotted path, a's value, b's value)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            found = first_difference(a.get(k), b.get(k), f"{path}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = first_difference(x, y, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if a == b else (path, a, b)
 
 
 def _norm(value: Any) -> Any:

@@ -17,6 +17,7 @@ Two values are derived rather than searched, because searching them only produce
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,8 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from .errors import InputError
+from .errors import InputError, yaml_problem
+from .hardware import WEIGHT_BYTES
 
 KnobKind = Literal["int", "float", "bool", "categorical"]
 Config = dict[str, Any]
@@ -226,6 +228,10 @@ class SearchSpace:
                         raise InputError(f"knob {name!r}: boolean choices must be a non-empty list of true/false")
                     knobs[name] = replace(k, kind="categorical", choices=tuple(dict.fromkeys(choices)))
                 else:
+                    unknown = [c for c in choices if name == "quantization" and c not in WEIGHT_BYTES]
+                    if unknown:  # caught here, not when a trial first draws it (a log then can't be resumed)
+                        raise InputError(f"knob 'quantization': unknown choice {unknown[0]!r}; known: "
+                                         f"{', '.join(WEIGHT_BYTES)}")
                     knobs[name] = replace(k, choices=choices)
             if "low" in change or "high" in change:
                 if k.kind not in ("int", "float"):
@@ -329,6 +335,9 @@ def parse_range_override(text: str) -> tuple[str, dict[str, Any]]:
         raise InputError(f"range override {text!r}: expected NAME=LOW:HIGH or NAME=CHOICE[,CHOICE...]")
     name, _, value = text.partition("=")
     name, value = name.strip().replace("-", "_"), value.strip()
+    dashed = re.fullmatch(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)", value)
+    if dashed:  # 8-64 would otherwise read as a categorical choice "8-64"
+        raise InputError(f"range override {text!r}: write a range as LOW:HIGH ({name}={dashed[1]}:{dashed[2]})")
     if ":" in value:
         lo, _, hi = value.partition(":")
         try:
@@ -346,7 +355,7 @@ def load_space_file(path: str | Path) -> dict[str, dict[str, Any]]:
     except FileNotFoundError:
         raise InputError(f"space file {str(p)!r} does not exist") from None
     except yaml.YAMLError as e:
-        raise InputError(f"space file {str(p)!r} is not valid YAML: {e}") from None
+        raise InputError(f"space file {str(p)!r} is not valid YAML: {yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -22,13 +22,16 @@ def trial_seed(seed: int, trial: int) -> int:
     return seed * 1_000_003 + trial
 
 
-def evaluate(engine: Engine, config: Config, workload: Workload, slo: SLO, seed: int) -> dict[str, Any]:
-    """Launch one server, load it, and judge it: the part of a trial that touches the backend."""
+def evaluate(
+    engine: Engine, config: Config, workload: Workload, slo: SLO, seed: int, label: str = "",
+) -> dict[str, Any]:
+    """Launch one server, load it, and judge it: the part of a trial that touches the backend. An interrupt
+    (Ctrl-C, SIGTERM, SIGHUP) propagates after the server is closed: a partial trial is never a record."""
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"config": config, "crash_class": None, "crash_message": None, "metrics": {},
                            "utility": None, "violated": []}
     try:
-        server = engine.launch(config, trial_seed=seed)
+        server = engine.launch(config, trial_seed=seed, label=label)
     except EngineCrash as crash:
         return rec | _crash_fields(crash) | {"engine_start_s": crash.elapsed_s, "gpu_seconds": crash.elapsed_s,
                                              "wall_s": time.perf_counter() - t0}

@@ -4,16 +4,24 @@ Line 1 is a ``study`` header (optimizer, seed, space, SLO, workload, model, GPU,
 line is one ``trial`` record, appended with flush + fsync *before* the optimizer is told, so a kill at any
 instant loses at most the trial in flight, which resume then re-runs. A torn last line (the process died
 mid-write) is reported and ignored when reading, and moved aside to ``<log>.torn`` before appending, so
-no byte already written is ever discarded.
+no byte already written is ever discarded. A resume that raises the budget appends an ``extend`` line
+(the header itself is never rewritten); readers see the header with the latest budget.
+
+One writer at a time: :func:`exclusive` holds an ``flock`` on ``<log>.lock`` for the whole study, so a
+second ``tune --resume`` (or a second ``batch run``) on the same study is refused with the holder's pid
+instead of interleaving duplicate trials (it did: 40 lines for 20 trials). The kernel drops the lock
+when its holder dies, however it dies.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +77,46 @@ def read_log(path: str | Path) -> LogContents:
             pass
     if not records or records[0].get("kind") != "study":
         raise InputError(f"trial log {str(p)!r} has no study header on its first line")
+    header = dict(records[0])
+    for r in records[1:]:
+        if r.get("kind") == "extend":
+            header["budget"] = r["budget"]
     trials = [r for r in records[1:] if r.get("kind") == "trial"]
-    return LogContents(records[0], trials, tail)
+    return LogContents(header, trials, tail)
+
+
+def is_trial_log(path: str | Path) -> bool:
+    """Whether ``path`` starts with a study header: other JSONL (calibration grids, load lists) is not a log."""
+    try:
+        with open(path, "rb") as f:
+            first = json.loads(f.readline() or b"null")
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and first.get("kind") == "study"
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold the study's write lock (``<log>.lock``) or fail at once naming the process that holds it."""
+    log = Path(path)
+    lock = log.with_name(log.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise InputError(f"cannot write the trial log in {str(log.parent)!r}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise InputError(f"trial log {str(log)!r} is being written by another sloguard (lock held by pid "
+                             f"{holder}); wait for it, or stop it and then --resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 class TrialLog:
@@ -78,8 +124,12 @@ class TrialLog:
 
     def __init__(self, path: str | Path, header: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and self.path.stat().st_size > 0:
+        try:  # fail before a trial runs, not after it (its record would have nowhere to go)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            open(self.path, "ab").close()
+        except OSError as e:
+            raise InputError(f"cannot write the trial log {str(self.path)!r}: {e.strerror}") from None
+        if self.path.stat().st_size > 0:
             self._repair_tail()
         elif header is None:
             raise InputError(f"trial log {str(self.path)!r} does not exist and no study header was given")
@@ -107,6 +157,10 @@ class TrialLog:
 
     def append_trial(self, record: Mapping[str, Any]) -> None:
         self._append({"kind": "trial", **record})
+
+    def extend(self, budget: int, trials_done: int, when: str) -> None:
+        """Record a budget raised on resume (the header keeps the budget the study was created with)."""
+        self._append({"kind": "extend", "budget": budget, "trials_done": trials_done, "time": when})
 
     def _append(self, record: Mapping[str, Any]) -> None:
         line = json.dumps(_clean(record), sort_keys=False, separators=(",", ":")) + "\n"

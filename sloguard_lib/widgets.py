@@ -1,4 +1,4 @@
-"""ipywidgets trial inspector for ``notebooks/inspect.ipynb``.
+"""ipywidgets trial inspector for ``sloguard_lib/notebooks/inspect.ipynb``.
 
 Study and status dropdowns filter a trial list; selecting a trial shows its config, metrics, SLO
 verdict, crash class and log excerpt; two knob dropdowns drive a scatter of all trials of the study,
@@ -16,14 +16,15 @@ from typing import Any
 import ipywidgets as w
 
 from .errors import InputError
-from .trial_log import read_log
+from .trial_log import is_trial_log, read_log
 
 STATUSES = ("all", "ok", "slo_violation", "crash", "error")
 
 
 class TrialInspector:
     def __init__(self, results_dir: str | Path) -> None:
-        self.logs = {str(p): read_log(p) for p in sorted(Path(results_dir).rglob("*.jsonl"))}
+        # study logs only: a results folder also holds calibration grids and load lists (JSONL without a header)
+        self.logs = {str(p): read_log(p) for p in sorted(Path(results_dir).rglob("*.jsonl")) if is_trial_log(p)}
         self.logs = {k: v for k, v in self.logs.items() if v.trials}
         if not self.logs:
             raise InputError(f"no trial logs with trials under {str(results_dir)!r}")
@@ -73,7 +74,8 @@ class TrialInspector:
         keys = ("goodput_tok_s", "throughput_tok_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
                 "e2e_p99_ms", "requests_ok", "requests_failed")
         rows = "".join(f"<tr><td>{k}</td><td>{m[k]:,.2f}</td></tr>" for k in keys if m.get(k) is not None)
-        parts = [f"<b>trial {t['trial']}</b> ({t.get('phase')}): {html.escape(verdict)}",
+        parts = [f"<b>trial {html.escape(str(t['trial']))}</b> ({html.escape(str(t.get('phase')))}): "
+                 f"{html.escape(verdict)}",
                  f"<pre>{html.escape(json.dumps(t.get('config'), indent=1))}</pre>",
                  f"<table>{rows}</table>" if rows else ""]
         if t.get("crash_message"):

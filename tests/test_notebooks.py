@@ -14,7 +14,7 @@ from sloguard_lib.cli import main
 from sloguard_lib.trial_log import read_log
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "sloguard_lib" / "notebooks").glob("*.ipynb"))
 SMALL = {"concurrency": 16, "num_requests": 32, "input_len": 256, "output_len": 64}
 
 
@@ -29,7 +29,7 @@ def test_notebooks_are_valid_and_stripped(path: Path) -> None:
 
 def _execute(name: str, tmp_path: Path, **params: object) -> nbformat.NotebookNode:
     out = tmp_path / f"{name}.out.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=params, cwd=str(ROOT),
+    pm.execute_notebook(str(ROOT / "sloguard_lib" / "notebooks" / f"{name}.ipynb"), str(out), parameters=params, cwd=str(ROOT),
                         progress_bar=False, kernel_name="python3")
     return nbformat.read(out, as_version=4)
 

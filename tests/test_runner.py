@@ -48,8 +48,22 @@ def test_existing_log_needs_resume_and_matching_header(tmp_path: Path) -> None:
     run_study(spec(budget=2), tmp_path)
     with pytest.raises(InputError, match="already exists: pass --resume"):
         run_study(spec(budget=2), tmp_path)
-    with pytest.raises(InputError, match="its slo is"):
+    # the message names the one field that differs, not the whole header
+    with pytest.raises(InputError, match=r"its slo.ttft_p99_ms is 500, this run asks for 400 \(a different study"):
         run_study(spec(budget=3, slo=SLO(400, 100)), tmp_path, resume=True)
+    with pytest.raises(InputError, match="already holds 2 trials, more than the budget of 1"):
+        run_study(spec(budget=1), tmp_path, resume=True)
+
+
+def test_extending_the_budget_is_recorded_and_read_back(tmp_path: Path) -> None:
+    first = run_study(spec(budget=2), tmp_path)
+    assert first.header["budget"] == 2
+    longer = run_study(spec(budget=4), tmp_path, resume=True)
+    assert longer.header["budget"] == 4 and len(longer.trials) == 4  # it said 2 after an extension
+    lines = [json.loads(x) for x in longer.log_path.read_text().splitlines()]
+    assert [r["kind"] for r in lines] == ["study", "trial", "trial", "extend", "trial", "trial"]
+    assert lines[0]["budget"] == 2 and lines[3] | {"time": None} == {
+        "kind": "extend", "budget": 4, "trials_done": 2, "time": None}
 
 
 def test_crashes_are_logged_with_vllm_message(tmp_path: Path) -> None:

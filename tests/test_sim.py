@@ -34,7 +34,7 @@ def test_memory_model_matches_real_h100_logs(h100_qwen: SimEngine) -> None:
 
 
 def test_sim_reproduces_the_recorded_h100_points() -> None:
-    """Every real point in results/h100/calibration.jsonl, replayed on the simulator."""
+    """Every real point in sloguard_lib/data/h100/calibration.jsonl, replayed on the simulator."""
     rows = compare(load_points())
     targets = [r for r in rows if r.is_target and r.rel_error is not None]
     by_metric = {m: [abs(r.rel_error) for r in targets if r.metric == m] for m in  # type: ignore[arg-type]

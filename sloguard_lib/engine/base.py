@@ -66,7 +66,9 @@ class Engine(Protocol):
 
     name: str
 
-    def launch(self, config: Config, *, trial_seed: int) -> Server: ...
+    def launch(self, config: Config, *, trial_seed: int, label: str = "") -> Server:
+        """``label`` names the trial in whatever the backend leaves on disk (the vllm backend's server log)."""
+        ...
 
     def describe(self) -> dict[str, Any]: ...
 

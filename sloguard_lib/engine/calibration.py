@@ -1,7 +1,7 @@
 """Every calibration constant of the simulator, in one place.
 
 Fitted (``scripts/fit_sim.py``) to real vLLM 0.26.0 on one H100 80GB serving a dummy-weight Qwen2-1.5B: the
-25 load points of ``results/h100/calibration.jsonl``, measured with this package's load generator. Physical
+25 load points of ``sloguard_lib/data/h100/calibration.jsonl``, measured with this package's load generator. Physical
 constants (bandwidth, FLOP/s) live in :mod:`sloguard_lib.hardware`; these are the *efficiencies and
 overheads* that turn the roofline into the times vLLM actually shows. ``benchmarks/sim_fidelity.py`` prints
 sim vs real for every point.

@@ -37,14 +37,15 @@ from ..workload import Workload
 from .base import EngineCrash, ServerInfo
 from .sim import vllm_defaults
 
-REPO_RESULTS = Path(__file__).resolve().parents[2] / "results" / "h100"
+#: the real H100 data shipped with the package (so a wheel replays it too); ``results/h100/README.md`` tells its story
+H100_DATA = Path(__file__).resolve().parents[1] / "data" / "h100"
 #: workload fields that only change which prompts were sent, not the load's shape
 _IGNORED_WORKLOAD_FIELDS = ("seed", "warmup", "num_requests", "repeats")
 
 
 def default_data() -> list[Path]:
     """The committed real H100 data: the calibration grid and the real study."""
-    return [REPO_RESULTS / "calibration.jsonl", *sorted((REPO_RESULTS / "study").glob("*.jsonl"))]
+    return [H100_DATA / "calibration.jsonl", *sorted((H100_DATA / "study").glob("*.jsonl"))]
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,18 @@ class ReplayEngine:
                 "model": self.model.name, "data": [str(p) for p in self.data]}
 
     def latency_floor_ms(self, workload: Workload) -> tuple[float, float]:
+        """Also the check, before any trial, that this workload was recorded (else every trial would fail)."""
+        self.loads_of(workload)
         return latency_floor_ms(self.model, self.gpu, workload.input_len)
+
+    def loads_of(self, workload: Workload) -> list[Recorded]:
+        key = workload_key(workload.to_dict())
+        same = [r for r in self.records if r.workload is not None and workload_key(r.workload) == key]
+        if not same:
+            recorded = sorted({Workload.from_dict(r.workload).describe() for r in self.records if r.workload})
+            raise InputError(f"replay has no recorded load of the workload {workload.describe()!r}; recorded: "
+                             + "; ".join(recorded))
+        return same
 
     def nearest(self, config: Config, records: Iterable[Recorded]) -> tuple[Recorded, float]:
         scored = [(self.distance(config, r.config), i, r) for i, r in enumerate(records)]
@@ -156,7 +168,7 @@ class ReplayEngine:
         d, _, rec = min(scored, key=lambda s: (s[0], s[1]))
         return rec, d
 
-    def launch(self, config: Config, *, trial_seed: int) -> ReplayServer:
+    def launch(self, config: Config, *, trial_seed: int, label: str = "") -> ReplayServer:
         full = self.defaults | dict(config)
         rec, d = self.nearest(full, self.records)
         if rec.crash_class is not None:
@@ -177,14 +189,11 @@ class ReplayServer:
                                extra={"replay": {"start": _match(config, rec, d)}})
 
     def run_load(self, workload: Workload) -> LoadResult:
-        key = workload_key(workload.to_dict())
-        same = [r for r in self.engine.records if r.workload is not None and workload_key(r.workload) == key]
-        if not same:
-            recorded = sorted({Workload.from_dict(r.workload).describe() for r in self.engine.records if r.workload})
-            raise InputError(f"no recorded load matches the workload {workload.describe()!r}; recorded: "
-                             + "; ".join(recorded))
-        rec, d = self.engine.nearest(self.config, same)
-        self.info.extra["replay"]["load"] = _match(self.config, rec, d)
+        rec, d = self.engine.nearest(self.config, self.engine.loads_of(workload))
+        self.info.extra["replay"]["load"] = match = _match(self.config, rec, d)
+        # a trial answered from another config's record is no measurement: summaries count these
+        started = self.info.extra["replay"]["start"]
+        self.info.extra["approximate"] = "nearest" in (match["match"], started["match"])
         return reconstruct(rec.metrics, workload, self.seed)
 
     def close(self) -> None:

