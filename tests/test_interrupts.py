@@ -1,0 +1,110 @@
+"""Stopping ``sloguard tune --backend vllm`` against REAL vLLM (the CPU build) at start-up, under load and during
+teardown, with SIGINT, SIGTERM and SIGHUP: the server's whole process tree is gone within 10 s, the exit
+code is 128 + the signal, the user is told how to continue, nothing partial is logged, and ``--resume``
+then proposes exactly what an uninterrupted study would have.
+
+Before the fix every one of these but SIGINT under load left ``vllm serve`` running, re-parented to PID 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.test_vllm_cpu import WORKLOAD, sloguard, vllm_env, vllm_processes  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow
+
+TUNE = ["tune", "--backend", "vllm", "--model", "tiny-qwen2", "--gpu", "cpu", "--optimizer", "random", "--seed", "5",
+        "--workload", WORKLOAD, "--range", "max_num_seqs=4:16", "--range", "max_num_batched_tokens=512:1024",
+        "--range", "gpu_memory_utilization=0.15:0.3", "--range", "enforce_eager=true", "--slo-ttft-p99", "10000",
+        "--slo-itl-p99", "5000", "--budget", "2", "--quiet"]
+
+
+def _server_log(out: Path) -> Path | None:
+    logs = sorted((out / "server_logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1] if logs else None
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+MOMENTS: dict[str, Callable[[str], bool]] = {
+    # the server process exists and is importing vLLM (its log has more than our own command line)
+    "startup": lambda text: text.count("\n") >= 3 and "Application startup complete" not in text,
+    # requests are being served (uvicorn's access log)
+    "load": lambda text: "POST /v1/completions" in text,
+    # the load is over and the server was told to stop: we are inside close()
+    "teardown": lambda text: "Shutting down" in text or "shutting down" in text,
+}
+
+
+def _interrupt(env: dict[str, str], cwd: Path, out: Path, sig: signal.Signals, moment: str) -> None:
+    for old in (out / "server_logs").rglob("*.log") if (out / "server_logs").exists() else []:
+        old.rename(old.with_suffix(".old"))
+    proc = subprocess.Popen([sys.executable, "-m", "sloguard_lib.cli", *TUNE, "--out", str(out), "--resume"],
+                            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _server_log(out) is not None and _server_log(out).with_suffix(".pid").exists(),  # type: ignore[union-attr]
+                  300, "the server to start")
+        log = _server_log(out)
+        assert log is not None
+        pgid = int(log.with_suffix(".pid").read_text().split()[0])
+        _wait_for(lambda: MOMENTS[moment](log.read_text(errors="replace")), 600, f"the {moment} moment")
+        proc.send_signal(sig)
+        stopped_at = time.monotonic()
+        _wait_for(lambda: _group_gone(pgid), 10, f"the server's process group {pgid} to be gone after {sig.name}")
+        assert time.monotonic() - stopped_at < 10
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, (moment, sig.name, proc.returncode, err[-2000:])
+    assert "interrupted:" in err and "--resume" in err and "Traceback" not in err, err[-2000:]
+    assert not log.with_suffix(".pid").exists()
+
+
+def test_signals_at_startup_load_and_teardown_leave_nothing_and_resume_exactly(
+        vllm_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "runs"
+    steps = [(signal.SIGINT, "startup"), (signal.SIGTERM, "startup"), (signal.SIGHUP, "startup"),
+             (signal.SIGINT, "load"), (signal.SIGTERM, "load"), (signal.SIGINT, "teardown"),
+             (signal.SIGTERM, "teardown")]
+    for sig, moment in steps:
+        _interrupt(vllm_env, tmp_path, out, sig, moment)
+        log = next(out.glob("*.jsonl"))
+        lines = [json.loads(x) for x in log.read_text().splitlines()]
+        trials = [r for r in lines if r["kind"] == "trial"]
+        assert [t["trial"] for t in trials] == list(range(len(trials))), (sig, moment)  # nothing partial
+        assert all(t["status"] in ("ok", "slo_violation") for t in trials), trials
+    done = sloguard([*TUNE, "--out", str(out), "--resume"], vllm_env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = [json.loads(x) for x in log.read_text().splitlines()[1:] if '"kind":"trial"' in x]
+    assert [t["trial"] for t in trials] == [0, 1]
+    # what an uninterrupted study of the same space and seed proposes (random: history-independent)
+    reference = sloguard([*TUNE, "--backend", "sim", "--out", str(tmp_path / "ref")], vllm_env, tmp_path)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    ref = [json.loads(x) for x in next((tmp_path / "ref").glob("*.jsonl")).read_text().splitlines()[1:]]
+    assert [t["params"] for t in trials] == [t["params"] for t in ref]
+    assert vllm_processes() == []
