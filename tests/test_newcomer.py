@@ -365,3 +365,13 @@ def test_readme_and_docs_links_resolve() -> None:
             if "://" not in target:
                 assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
         assert "shared/gpu" not in text, doc.name
+
+
+def test_notebook_results_are_not_untracked_clutter() -> None:
+    """Before: the quickstart run from its own folder left notebooks/results/... as untracked files."""
+    paths = ["sloguard_lib/notebooks/results/quickstart_notebook/x.jsonl", "results/runs/x.jsonl",
+             "results/runs/server_logs/s/trial000_port1.log", "results/multiseed/x.jsonl.lock"]
+    done = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert done.stdout.split() == paths
