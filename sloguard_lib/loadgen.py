@@ -27,6 +27,7 @@ on 2 cores).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import multiprocessing.queues
@@ -34,16 +35,25 @@ import queue
 import re
 import time
 from asyncio import Runner
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from . import __version__
 from .metrics import LoadResult, RequestResult
 from .workload import Request, Workload
 
 STALL = "stall"  # error prefix for requests that stopped receiving tokens
+CLIENT = f"sloguard-loadgen/{__version__}"
+
+
+def client_name(target: LoadTarget) -> str:
+    """What measured a load, in every record it produced: figures of different clients are not compared silently."""
+    from importlib.metadata import version
+
+    return f"{CLIENT} {target.http}/{version(target.http)} x{target.processes}"
 
 
 @dataclass(frozen=True)
@@ -54,19 +64,25 @@ class LoadTarget:
     stall_timeout_s: float = 60.0
     load_timeout_s: float = 1800.0
     processes: int = 1  # client processes: one parses ~40k tokens/s; raise it when the server streams more
+    #: merged into every request body (a benchmark's A/B of request fields; sampling options a user needs)
+    body_extra: tuple[tuple[str, Any], ...] = ()
+    http: str = "httpx"  # or "aiohttp", the library of ``vllm bench serve`` (benchmarks/client_agreement.py)
 
 
 _TOKEN = {"completions": re.compile(rb'"text":\s*"[^"]'), "chat": re.compile(rb'"content":\s*"[^"]')}
 _OPEN_CHOICE = re.compile(rb'"finish_reason":\s*null')
 _NO_CHOICES = re.compile(rb'"choices":\s*\[\]')
 _USAGE = re.compile(rb'"usage":\s*\{')
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
 def request_body(target: LoadTarget, req: Request, seed: int, api: str) -> tuple[str, dict[str, Any]]:
     ids = req.prompt_token_ids(target.vocab_size, seed)
+    # ``ignore_eos`` + ``max_tokens`` make every request exactly ``output_len`` tokens long, as ``vllm bench serve``
+    # sends them; no ``min_tokens``: it adds vLLM's min-tokens logits processor to every decode step
     body: dict[str, Any] = {
-        "model": target.model, "max_tokens": req.output_len, "min_tokens": req.output_len, "ignore_eos": True,
-        "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
+        "model": target.model, "max_tokens": req.output_len, "ignore_eos": True,
+        "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}, **dict(target.body_extra),
     }
     if api == "chat":
         words = " ".join(f"w{i}" for i in ids)
@@ -82,52 +98,95 @@ def is_token_event(payload: bytes, api: str) -> bool:
     return api == "completions" and not _NO_CHOICES.search(payload) and bool(_OPEN_CHOICE.search(payload))
 
 
-async def _one(client: httpx.AsyncClient, target: LoadTarget, req: Request, seed: int,
-               api: str = "completions") -> RequestResult:
+class _Events:
+    """Incremental SSE parsing of one response: token events timed on arrival, the usage chunk decoded."""
+
+    def __init__(self, res: RequestResult, t0: float, api: str) -> None:
+        self.res, self.last, self.api = res, t0, api
+        self.t0, self.count, self.buf = t0, 0, b""
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take one received chunk; True once ``[DONE]`` arrived. SSE events end with a blank line, ``\\n\\n``
+        or ``\\r\\n\\r\\n``."""
+        now = time.perf_counter()
+        *complete, self.buf = _EVENT_END.split(self.buf + chunk)
+        for event in complete:
+            if not event.startswith(b"data:"):
+                continue
+            payload = event[5:].strip()
+            if payload == b"[DONE]":
+                return True
+            if _USAGE.search(payload):
+                self.res.output_tokens = int(json.loads(payload)["usage"].get("completion_tokens", 0))
+            if is_token_event(payload, self.api):
+                if self.count == 0:
+                    self.res.ttft_s = now - self.t0
+                else:
+                    self.res.itl_s.append(now - self.last)
+                self.last = now
+                self.count += 1
+        return False
+
+    def finish(self) -> RequestResult:
+        self.res.e2e_s = self.last - self.t0
+        self.res.ok = self.count > 0
+        if not self.res.ok:
+            self.res.error = "stream ended without tokens"
+        return self.res
+
+
+async def _one(client: Any, target: LoadTarget, req: Request, seed: int, api: str = "completions") -> RequestResult:
     path, body = request_body(target, req, seed, api)
     res = RequestResult(req.index, ok=False, prompt_tokens=req.prompt_len)
-    t0 = time.perf_counter()
-    last = t0
-    events = 0
-    buf = b""
+    events = _Events(res, time.perf_counter(), api)
     try:
-        async with client.stream("POST", path, json=body) as resp:
-            res.http_status = resp.status_code
-            if resp.status_code != 200:
-                res.error = (await resp.aread()).decode(errors="replace")[:500]
-                return res
-            done = False
-            async for chunk in resp.aiter_raw():
-                now = time.perf_counter()
-                *complete, buf = (buf + chunk).split(b"\n\n")
-                for event in complete:
-                    if not event.startswith(b"data:"):
-                        continue
-                    payload = event[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
+        if target.http == "aiohttp":
+            async with client.post(path, json=body) as resp:
+                res.http_status = resp.status
+                if resp.status != 200:
+                    res.error = (await resp.read()).decode(errors="replace")[:500]
+                    return res
+                async for chunk in resp.content.iter_any():
+                    if events.feed(chunk):
                         break
-                    if _USAGE.search(payload):
-                        usage = json.loads(payload)["usage"]
-                        res.output_tokens = int(usage.get("completion_tokens", 0))
-                    if is_token_event(payload, api):
-                        if events == 0:
-                            res.ttft_s = now - t0
-                        else:
-                            res.itl_s.append(now - last)
-                        last = now
-                        events += 1
-                if done:
-                    break
-        res.e2e_s = last - t0
-        res.ok = events > 0
-        if not res.ok:
-            res.error = "stream ended without tokens"
-    except httpx.ReadTimeout:
-        res.error = f"{STALL}: no byte for {target.stall_timeout_s:.0f} s after {events} events"
-    except (httpx.HTTPError, json.JSONDecodeError) as e:
+        else:
+            async with client.stream("POST", path, json=body) as resp:
+                res.http_status = resp.status_code
+                if resp.status_code != 200:
+                    res.error = (await resp.aread()).decode(errors="replace")[:500]
+                    return res
+                async for chunk in resp.aiter_raw():
+                    if events.feed(chunk):
+                        break
+        return events.finish()
+    except (httpx.ReadTimeout, TimeoutError):  # aiohttp's read timeout is an asyncio.TimeoutError
+        res.error = f"{STALL}: no byte for {target.stall_timeout_s:.0f} s after {events.count} events"
+    except (httpx.HTTPError, OSError, json.JSONDecodeError) as e:  # aiohttp's ClientError is an OSError
         res.error = f"{type(e).__name__}: {e}"
+    except Exception as e:
+        if type(e).__module__.startswith("aiohttp"):
+            res.error = f"{type(e).__name__}: {e}"
+        else:
+            raise
     return res
+
+
+@contextlib.asynccontextmanager
+async def _client(target: LoadTarget, concurrency: int) -> AsyncIterator[Any]:
+    """One keep-alive pool of ``concurrency`` connections, of the target's HTTP library."""
+    if target.http == "aiohttp":
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+        stall = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=target.stall_timeout_s)
+        async with aiohttp.ClientSession(base_url=target.base_url, timeout=stall, connector=connector,
+                                         trust_env=False) as session:
+            yield session
+    else:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        timeout = httpx.Timeout(connect=10.0, read=target.stall_timeout_s, write=30.0, pool=None)
+        async with httpx.AsyncClient(base_url=target.base_url, limits=limits, timeout=timeout) as client:
+            yield client
 
 
 async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Request], concurrency: int, warmup: int,
@@ -136,9 +195,7 @@ async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Reques
     discarded requests; returns the results and the perf_counter of the first send and the last byte.
     ``gate`` is called after the warm-up and blocks until every client process is ready, so shards start
     together."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    timeout = httpx.Timeout(connect=10.0, read=target.stall_timeout_s, write=30.0, pool=None)
-    async with httpx.AsyncClient(base_url=target.base_url, limits=limits, timeout=timeout) as client:
+    async with _client(target, concurrency) as client:
         if warmup:
             like = workload.requests()[0]  # warm-ups mimic the workload's first request, 16 tokens at most
             for i in range(warmup):

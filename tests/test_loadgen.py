@@ -9,9 +9,10 @@ from sloguard_lib.workload import Workload
 from .sse_stub import SSEStub
 
 
-def test_streams_are_parsed_and_timed() -> None:
+@pytest.mark.parametrize("http", ["httpx", "aiohttp"])
+def test_streams_are_parsed_and_timed(http: str) -> None:
     with SSEStub(token_interval_s=0.005, ttft_s=0.02).running() as stub:
-        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000)
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, http=http)
         load = run_load(target, Workload(concurrency=4, num_requests=8, input_len=32, output_len=10, warmup=1))
     assert stub.requests == 9  # one warm-up, excluded from the results
     assert len(load.requests) == 8 and all(r.ok for r in load.requests)
@@ -34,9 +35,10 @@ def test_client_processes_split_the_load_and_start_together() -> None:
     assert 0.15 <= load.duration_s < 0.3
 
 
-def test_http_errors_are_recorded_not_raised() -> None:
+@pytest.mark.parametrize("http", ["httpx", "aiohttp"])
+def test_http_errors_are_recorded_not_raised(http: str) -> None:
     with SSEStub(fail_status=500).running() as stub:
-        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000)
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, http=http)
         load = run_load(target, Workload(concurrency=2, num_requests=4, output_len=4, warmup=0))
     assert all(not r.ok and r.http_status == 500 and "stub failure" in (r.error or "") for r in load.requests)
 

@@ -13,11 +13,13 @@ pipdl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-vers
           --abi cp312 --abi abi3 --abi none "${plat[@]}" -d "$W" "$@"; }
 pipdl vllm==0.26.0
 grep -v '^\s*#' "$DEPS" | grep -v '^\s*$' | while read -r req; do pipdl "$req"; done
-# what sloguard's own optimizers need there beyond vLLM's dependencies (the box has numpy, scipy, sklearn)
-for req in optuna alembic sqlalchemy colorlog mako greenlet; do pipdl "$req"; done
+# what sloguard's own optimizers need there beyond vLLM's dependencies (the box has numpy, scipy, sklearn),
+# and the client of `vllm bench serve` (benchmarks/client_agreement.py)
+for req in optuna alembic sqlalchemy colorlog mako greenlet aiohttp aiohappyeyeballs aiosignal frozenlist multidict \
+           yarl propcache attrs; do pipdl "$req"; done
 rm -f .devpkg/parts/part_*
 tar -cf .devpkg/bundle.tar -C .devpkg wheels
-split -b 61000000 -d -a 2 .devpkg/bundle.tar .devpkg/parts/part_
+split -b 55000000 -d -a 2 .devpkg/bundle.tar .devpkg/parts/part_
 sha256sum .devpkg/bundle.tar | cut -d' ' -f1 > .devpkg/parts/SHA256
 rm .devpkg/bundle.tar
 ls -la .devpkg/parts

@@ -37,7 +37,7 @@ from ..crash import classify_log
 from ..errors import InputError
 from ..hardware import GpuProfile, ModelShape, latency_floor_ms
 from ..interrupts import deferred_interrupts
-from ..loadgen import STALL, LoadTarget, run_load
+from ..loadgen import STALL, LoadTarget, client_name, run_load
 from ..metrics import LoadResult
 from ..model_folder import prepare_model_dir
 from ..space import BOOL_KNOBS, NUMERIC_KNOBS, Config
@@ -191,6 +191,7 @@ class VllmEngine:
             raise
         server.target = LoadTarget(f"http://127.0.0.1:{port}", SERVED_NAME, self.model.vocab_size,
                                    stall_timeout_s=self.stall_timeout_s, processes=self.load_procs)
+        server.info.extra["client"] = client_name(server.target)
         return server
 
 
