@@ -22,6 +22,7 @@ in the tests uses it with CPU-sized loads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -88,9 +89,13 @@ class VllmBench:
         return {ours: float(res[key]) for ours, key in METRICS.items()}
 
     def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        with contextlib.suppress(BrokenPipeError):  # it died on its own: its log says why
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def diff_ci(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -155,8 +160,10 @@ def main() -> None:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
     finally:
-        bench.close()
-        server.close()
+        try:
+            bench.close()
+        finally:
+            server.close()  # whatever happened to the bench helper, the server is ours to end
     summary: dict[str, Any] = {"config": json.loads(args.config), "model": args.model, "gpu": gpu,
                                "engine_version": server.info.engine_version, "loads": args.loads, "table": []}
     print(f"\n{'conc':>4} {'metric':<17} " + " ".join(f"{v:>20}" for v in args.variants)

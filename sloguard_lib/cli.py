@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--output", default=None, help="figures folder (default: RESULTS_DIR/figures)")
     rep.add_argument("--baseline", default=None,
                      help="optimizer the p-values compare against (default: random if present)")
+    rep.add_argument("--definitions", default="sloguard", choices=["sloguard", "seed"],
+                     help="statistics: ours (E2E p50, natural-break fast cluster, two-sided tests) or the original "
+                          "SLO-Guard's (mean latency, < 1000 ms, one-sided tests)")
+    rep.add_argument("--format", dest="fmt", default="auto", choices=["auto", "sloguard", "original"],
+                     help="results layout: our study logs, or the original SLO-Guard's "
+                          "<optimizer>_seed<N>/results.jsonl")
     rep.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                      help="keep only studies whose identity FIELD (model, gpu, backend, slo, workload, space, "
                           "budget) has this value, e.g. gpu=h100-80gb; repeatable")
@@ -310,10 +316,12 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from .report import build_report
 
     output = args.output or str(Path(args.results_dir) / "figures")
-    summ = build_report(args.results_dir, output, args.baseline, where=args.where)
+    summ = build_report(args.results_dir, output, args.baseline, where=args.where, definitions=args.definitions,
+                        fmt=args.fmt)
     console.print(f"studies: {summ['identity_label']}")
+    console.print(f"definitions: {summ['definitions']} ({summ['definitions_text']})")
     console.print(summ["table"])
-    console.print(f"summary: {args.results_dir}/summary.json; figures: {', '.join(summ['figures'])}")
+    console.print(f"summary: {summ['summary_path']}; figures: {', '.join(summ['figures'])}")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,30 +86,67 @@ def describe_identity(ident: Mapping[str, str]) -> str:
             f"{ident['workload.input_len']}/{ident['workload.output_len']}-token requests, budget {ident['budget']}")
 
 
-def load_trials(results_dir: str | Path, where: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per trial of every comparable log under ``results_dir`` (recursively), with metrics flattened."""
+#: the original SLO-Guard's layout: ``<optimizer>_seed<N>/results.jsonl``, one trial per line, no header
+ORIGINAL_RUN = re.compile(r"^(?P<optimizer>.+)_seed(?P<seed>\d+)$")
+ORIGINAL_STATUS = {"feasible": "ok", "crash": "crash", "error": "error"}  # anything else missed its SLO
+FORMATS = ("auto", "sloguard", "original")
+
+
+def original_runs(results_dir: str | Path) -> list[Path]:
+    """The ``results.jsonl`` files of a results folder in the original SLO-Guard's layout."""
+    return [d / "results.jsonl" for d in sorted(Path(results_dir).iterdir())
+            if d.is_dir() and ORIGINAL_RUN.match(d.name) and (d / "results.jsonl").is_file()]
+
+
+def load_trials(results_dir: str | Path, where: Sequence[str] = (), definitions: str = "sloguard",
+                fmt: str = "auto") -> pd.DataFrame:
+    """One row per trial of every comparable log under ``results_dir`` (recursively), with metrics flattened;
+    ``latency_ms`` is the latency of ``definitions``. ``fmt="original"`` (or ``auto`` on a folder of the
+    original SLO-Guard's runs) reads that layout, whose only latency is the mean (``avg_latency_ms``)."""
+    if not Path(results_dir).is_dir():
+        raise InputError(f"results folder {str(results_dir)!r} does not exist")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    latency = stats.DEFINITIONS[definitions].latency_metric
     rows = []
-    for path, _ in select_logs(results_dir, where):
-        contents = read_log(path)
-        for t in contents.trials:
-            m = t.get("metrics") or {}
-            rows.append({
-                "log": str(path), "study_id": t["study_id"], "optimizer": t["optimizer"], "seed": t["seed"],
-                "trial": t["trial"], "phase": t.get("phase"), "status": t["status"],
-                "crash_class": t.get("crash_class"), "utility": t.get("utility"),
-                "goodput_tok_s": m.get("goodput_tok_s"), "throughput_tok_s": m.get("throughput_tok_s"),
-                "ttft_p99_ms": m.get("ttft_p99_ms"), "itl_p99_ms": m.get("itl_p99_ms"),
-                "latency_ms": m.get(stats.LATENCY_METRIC) if t["status"] != "crash" else None,
-                "gpu_seconds": t.get("gpu_seconds"), **{f"knob.{k}": v for k, v in (t.get("config") or {}).items()},
-            })
+    if fmt == "original" or (fmt == "auto" and original_runs(results_dir)
+                             and not any(is_trial_log(p) for p in Path(results_dir).rglob("*.jsonl"))):
+        for path in original_runs(results_dir):
+            run = ORIGINAL_RUN.match(path.parent.name)
+            assert run is not None
+            for t in map(json.loads, filter(str.strip, path.read_text().splitlines())):
+                status = ORIGINAL_STATUS.get(t.get("status"), "slo_violation")
+                rows.append({
+                    "log": str(path), "study_id": path.parent.name, "optimizer": run["optimizer"],
+                    "seed": int(run["seed"]), "trial": int(t["trial"]) - 1, "phase": t.get("phase"), "status": status,
+                    "crash_class": None, "utility": t.get("goodput_tps") if status == "ok" else None,
+                    "goodput_tok_s": t.get("goodput_tps"), "throughput_tok_s": None, "ttft_p99_ms": None,
+                    "itl_p99_ms": None, "latency_ms": t.get("avg_latency_ms") if status != "crash" else None,
+                    "gpu_seconds": None, **{f"knob.{k}": v for k, v in (t.get("config") or {}).items()},
+                })
+    else:
+        for path, _ in select_logs(results_dir, where):
+            for t in read_log(path).trials:
+                m = t.get("metrics") or {}
+                rows.append({
+                    "log": str(path), "study_id": t["study_id"], "optimizer": t["optimizer"], "seed": t["seed"],
+                    "trial": t["trial"], "phase": t.get("phase"), "status": t["status"],
+                    "crash_class": t.get("crash_class"), "utility": t.get("utility"),
+                    "goodput_tok_s": m.get("goodput_tok_s"), "throughput_tok_s": m.get("throughput_tok_s"),
+                    "ttft_p99_ms": m.get("ttft_p99_ms"), "itl_p99_ms": m.get("itl_p99_ms"),
+                    "latency_ms": m.get(latency) if t["status"] != "crash" else None,
+                    "gpu_seconds": t.get("gpu_seconds"),
+                    **{f"knob.{k}": v for k, v in (t.get("config") or {}).items()},
+                })
     if not rows:
         raise InputError(f"no trial logs (*.jsonl with trials) under {str(results_dir)!r}")
     return pd.DataFrame(rows)
 
 
-def per_run(df: pd.DataFrame) -> pd.DataFrame:
+def per_run(df: pd.DataFrame, definitions: str = "sloguard") -> pd.DataFrame:
     """One row per (optimizer, seed) run with the paper's per-run statistics."""
-    threshold = stats.fast_cluster_threshold(df["latency_ms"].dropna().tolist())
+    d = stats.DEFINITIONS[definitions]
+    threshold = d.fast_threshold_ms or stats.fast_cluster_threshold(df["latency_ms"].dropna().tolist())
     out = []
     for (opt, seed), run in df.sort_values("trial").groupby(["optimizer", "seed"]):
         lat = [None if pd.isna(v) else float(v) for v in run["latency_ms"]]
@@ -116,34 +154,42 @@ def per_run(df: pd.DataFrame) -> pd.DataFrame:
         ok = run[run.status == "ok"]
         out.append({
             "optimizer": opt, "seed": seed, "trials": len(run), "fast_trials": sum(flags),
-            "post_hit_consistency": stats.post_hit_consistency(flags),
+            "post_hit_consistency": stats.post_hit_consistency(flags, d.post_hit_if_last),
             "best_latency_ms": min((v for v in lat if v is not None), default=math.nan),
+            "first_fast_hit_trial": flags.index(True) + 1 if True in flags else math.nan,
             "best_goodput_tok_s": float(ok["utility"].max()) if len(ok) else 0.0,
             "feasible": int((run.status == "ok").sum()), "crashes": int((run.status == "crash").sum()),
         })
     return pd.DataFrame(out).assign(fast_threshold_ms=threshold)
 
 
-def summary(runs: pd.DataFrame, baseline: str | None = None) -> dict[str, Any]:
-    """Mean ± sd per optimizer and two-sided Mann-Whitney p-values against ``baseline`` (default: random)."""
+SUMMARY_METRICS = ("fast_trials", "post_hit_consistency", "best_latency_ms", "first_fast_hit_trial",
+                   "best_goodput_tok_s")
+
+
+def summary(runs: pd.DataFrame, baseline: str | None = None, definitions: str = "sloguard") -> dict[str, Any]:
+    """Mean ± sd (sample) per optimizer and Mann-Whitney p-values against ``baseline`` (default: random), one- or
+    two-sided as ``definitions`` say."""
+    d = stats.DEFINITIONS[definitions]
     optimizers = sorted(runs.optimizer.unique())
     if baseline is not None and baseline not in optimizers:
         raise InputError(f"baseline {baseline!r} is not among the optimizers here: {', '.join(optimizers)}")
     base_name = str(baseline) if baseline else ("random" if "random" in optimizers else optimizers[0])
     base = runs[runs.optimizer == base_name]
-    metrics = ("fast_trials", "post_hit_consistency", "best_latency_ms", "best_goodput_tok_s")
-    out: dict[str, Any] = {"baseline": base_name, "fast_threshold_ms": float(runs.fast_threshold_ms.iloc[0]),
-                           "optimizers": {}}
+    out: dict[str, Any] = {"definitions": d.name, "definitions_text": d.describe, "baseline": base_name,
+                           "fast_threshold_ms": float(runs.fast_threshold_ms.iloc[0]), "optimizers": {}}
     for opt in optimizers:
         r = runs[runs.optimizer == opt]
         entry: dict[str, Any] = {"n_seeds": len(r), "trials": int(r.trials.sum()),
                                  "feasible": int(r.feasible.sum()), "crashes": int(r.crashes.sum())}
-        for m in metrics:
+        for m in SUMMARY_METRICS:
             mean, sd = stats.mean_std(r[m].astype(float).tolist())
             entry[m] = {"mean": mean, "sd": sd}
             if opt != base_name:
+                side = "greater" if m in d.one_sided else "two-sided"
                 entry[m]["p_vs_" + base_name] = stats.mann_whitney_p(r[m].astype(float).tolist(),
-                                                                     base[m].astype(float).tolist())
+                                                                     base[m].astype(float).tolist(), side)
+                entry[m]["test"] = side
         out["optimizers"][opt] = entry
     return out
 
@@ -155,13 +201,16 @@ def paper_table(summ: dict[str, Any]) -> pd.DataFrame:
     cols = [base, *others]
     rows = {}
     labels = {"fast_trials": "Fast-cluster trials", "post_hit_consistency": "Post-hit consistency",
-              "best_latency_ms": "Best latency (ms)", "best_goodput_tok_s": "Best goodput (tok/s)"}
+              "best_latency_ms": "Best latency (ms)", "first_fast_hit_trial": "First fast hit (trial)",
+              "best_goodput_tok_s": "Best goodput (tok/s)"}
     for key, label in labels.items():
         fmt = ".3f" if key == "post_hit_consistency" else ".2f"
         row = {o: f"{summ['optimizers'][o][key]['mean']:{fmt}} ± {summ['optimizers'][o][key]['sd']:{fmt}}"
                for o in cols}
         for o in others:
-            row[f"p ({o} vs {base})"] = f"{summ['optimizers'][o][key].get('p_vs_' + base, math.nan):.3g}"
+            entry = summ["optimizers"][o][key]
+            side = " (one-sided)" if entry.get("test") == "greater" else ""
+            row[f"p ({o} vs {base})"] = f"{entry.get('p_vs_' + base, math.nan):.3g}{side}"
         rows[label] = row
     rows["Feasibility"] = {o: f"{summ['optimizers'][o]['feasible']} / {summ['optimizers'][o]['trials']}"
                            for o in cols}
@@ -169,7 +218,8 @@ def paper_table(summ: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).T.fillna("—")
 
 
-def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path,
+                  definitions: str = "sloguard") -> list[Path]:
     """Convergence, best-so-far, latency distribution, crash map and per-knob effects, as PNG files."""
     import matplotlib
 
@@ -214,7 +264,8 @@ def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path) -> 
     if math.isfinite(threshold):
         ax.axvline(threshold, color="black", ls="--", lw=1)
         ax.text(threshold, ax.get_ylim()[1] * 0.9, " fast-cluster threshold", fontsize=8)
-    ax.set(xlabel=f"trial latency ({stats.LATENCY_METRIC.replace('_ms', '')}, ms, log scale)", ylabel="trials",
+    metric = stats.DEFINITIONS[definitions].latency_metric.removesuffix("_ms")
+    ax.set(xlabel=f"trial latency ({metric}, ms, log scale)", ylabel="trials",
            title="Latency distribution (bimodal fast cluster)")
     save(fig, "latency_distribution.png")
 
@@ -249,15 +300,21 @@ def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path) -> 
 
 
 def build_report(results_dir: str | Path, output: str | Path, baseline: str | None = None,
-                 where: Sequence[str] = ()) -> dict[str, Any]:
-    """Everything ``sloguard report`` produces: summary.json in the results dir, figures in ``output``."""
-    df = load_trials(results_dir, where)
-    runs = per_run(df)
-    summ = summary(runs, baseline)
-    ident = identity(read_log(df["log"].iloc[0]).header)
+                 where: Sequence[str] = (), definitions: str = "sloguard", fmt: str = "auto") -> dict[str, Any]:
+    """Everything ``sloguard report`` produces: summary.json in the results dir (``summary_seed.json`` with the
+    seed's definitions, so the original project's own ``summary.json`` is never overwritten), figures in
+    ``output``."""
+    df = load_trials(results_dir, where, definitions, fmt)
+    runs = per_run(df, definitions)
+    summ = summary(runs, baseline, definitions)
+    first = Path(df["log"].iloc[0])
+    original = not is_trial_log(first)
+    ident = {"format": "original SLO-Guard results"} if original else identity(read_log(first).header)
     summ["identity"] = ident
-    (Path(results_dir) / "summary.json").write_text(json.dumps(summ, indent=2, default=float))
-    summ["identity_label"] = describe_identity(ident)
-    summ["figures"] = [str(p) for p in write_figures(df, runs, output)]
+    name = "summary.json" if definitions == "sloguard" else f"summary_{definitions}.json"
+    (Path(results_dir) / name).write_text(json.dumps(summ, indent=2, default=float))
+    summ["summary_path"] = str(Path(results_dir) / name)
+    summ["identity_label"] = ident["format"] if original else describe_identity(ident)
+    summ["figures"] = [str(p) for p in write_figures(df, runs, output, definitions)]
     summ["table"] = paper_table(summ).to_string()
     return summ

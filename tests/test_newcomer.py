@@ -5,6 +5,7 @@ Each test names what the user saw before the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -375,3 +376,34 @@ def test_notebook_results_are_not_untracked_clutter() -> None:
     if done.returncode == 128:
         pytest.skip("not a git checkout")
     assert done.stdout.split() == paths
+
+
+def test_a_sigkilled_run_leaves_a_server_that_the_next_run_ends(tmp_path: Path, stub_vllm: dict[str, str]) -> None:
+    """SIGKILL runs no cleanup: the server (its own session) outlives us; the next run of the study reaps it
+    before it launches anything (its pid file records the group and its start time)."""
+    args = [sys.executable, "-m", "sloguard_lib.cli", "tune", "--backend", "vllm", "--model", "tiny-qwen2",
+            "--optimizer", "random", "--budget", "1", "--out", str(tmp_path / "runs"), "--quiet", "--resume",
+            "--workload", "concurrency=2,num_requests=4000,input_len=16,output_len=64",
+            "--slo-ttft-p99", "5000", "--slo-itl-p99", "5000"]
+    proc = subprocess.Popen(args, env=stub_vllm, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = tmp_path / "runs" / "server_logs" / "tiny-qwen2_cpu_vllm_random_seed42"
+    deadline = time.monotonic() + 120
+    while not list(folder.glob("*.pid")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid_file = next(folder.glob("*.pid"))
+    pgid = int(pid_file.read_text().split()[0])
+    time.sleep(1.0)  # the load is running
+    proc.kill()
+    proc.wait()
+    os.killpg(pgid, 0)  # still alive: nothing could end it
+    # the same study again, told to start no trial: only what happens before the first one runs
+    try:
+        again = subprocess.run([*args, "--stop-after-s", "0.001"], env=stub_vllm, capture_output=True, text=True,
+                               timeout=120)
+        assert again.returncode == 0, again.stderr[-2000:]
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pgid, 0)
+        assert not pid_file.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)  # never leave the stand-in running for the tests after this one

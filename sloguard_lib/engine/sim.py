@@ -61,8 +61,9 @@ def vllm_defaults(gpu: GpuProfile, model: ModelShape) -> Config:
 
 #: vLLM's ``Fp8Config.get_min_capability()``: 75 (Turing) since FP8 Marlin serves GPUs without fp8 tensor cores
 #: weight-only (it logs "Your GPU does not have native support for FP8 computation ... Weight-only FP8
-#: compression will be used leveraging the Marlin kernel"); vllm/config/vllm.py raises the message below
-#: for anything older
+#: compression will be used leveraging the Marlin kernel"); ``vllm/config/vllm.py`` raises the message below
+#: for anything older (read in the sources of vLLM 0.32, the CPU build the tests use, and 0.30; not re-read in
+#: 0.26.0's)
 FP8_MIN_CAPABILITY = 75
 
 
