@@ -29,6 +29,7 @@ from .workload import Workload
 
 #: how each crash status is drawn wherever a figure colours trials by status
 STATUS_COLOURS = {"ok": "tab:green", "slo_violation": "tab:orange", "crash": "tab:red", "error": "tab:gray"}
+STATUS_MARKERS = {"ok": "o", "slo_violation": "s", "crash": "X", "error": "D"}
 BOOTSTRAP_SEED = 0  # seaborn's bootstrap CIs: the same figure on every run of the report
 
 
@@ -272,7 +273,8 @@ def write_figures(df: pd.DataFrame, runs: pd.DataFrame, out_dir: str | Path,
     if {"knob.gpu_memory_utilization", "knob.max_model_len"} <= set(d.columns):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         sns.scatterplot(data=d, x="knob.gpu_memory_utilization", y="knob.max_model_len", hue="status",
-                        style="status", s=45, ax=ax, hue_order=list(STATUS_COLOURS), palette=STATUS_COLOURS)
+                        style="status", s=45, ax=ax, hue_order=list(STATUS_COLOURS), palette=STATUS_COLOURS,
+                        style_order=list(STATUS_MARKERS), markers=STATUS_MARKERS)
         ax.set(xlabel="gpu_memory_utilization", ylabel="max_model_len (tokens)", yscale="log",
                title="Crash map over memory knobs")
         ax.legend(title="status", loc="center left", bbox_to_anchor=(1.01, 0.5))
