@@ -407,3 +407,24 @@ def test_a_sigkilled_run_leaves_a_server_that_the_next_run_ends(tmp_path: Path, 
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)  # never leave the stand-in running for the tests after this one
+
+
+def test_the_reaper_spares_servers_whose_sloguard_still_runs(tmp_path: Path) -> None:
+    """A second `tune` on a live study must not end the first one's server before its lock refuses it."""
+    from sloguard_lib.engine import reaper
+
+    # a server tree whose leader is gone and whose child was re-parented, like an orphaned `vllm serve`
+    leader = subprocess.run(["setsid", "sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $$"], capture_output=True,
+                            text=True, check=True)
+    pgid = int(leader.stdout.split()[0])
+    try:
+        pid_file = tmp_path / "trial000_port1.pid"
+        reaper.record(pid_file, pgid)  # written by this (live) process
+        assert reaper.reap(tmp_path) == [] and reaper.group_alive(pgid) and pid_file.exists()
+        fields = pid_file.read_text().split()
+        pid_file.write_text(f"{fields[0]} {fields[1]} 999999999 0\n")  # its writer is gone: SIGKILLed
+        assert reaper.reap(tmp_path, grace_s=1.0) == [pgid]
+        assert not reaper.group_alive(pgid) and not pid_file.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)

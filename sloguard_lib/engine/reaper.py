@@ -2,10 +2,11 @@
 
 ``vllm serve`` runs in its own session (so a terminal's Ctrl-C reaches us, not it, and we decide how it ends),
 which makes it our job to end its whole tree: the API server, the engine-core process and its workers. Each
-launch writes ``<pgid> <start time>`` to a pid file beside its log; teardown deletes it. A pid file still there
-when the next run of the same study starts means we were SIGKILLed mid-trial (nothing can run our cleanup
-then): :func:`reap` ends that group before anything else is launched. The start time (``/proc/<pid>/stat``
-field 22) guards against a recycled pid.
+launch writes ``<pgid> <its start time> <our pid> <our start time>`` to a pid file beside its log; teardown
+deletes it. A pid file whose writer is gone when the next run of the same study starts means that writer was
+SIGKILLed mid-trial (nothing can run our cleanup then): :func:`reap` ends that group before anything else is
+launched. A file whose writer still runs is left alone (another ``sloguard`` on the same study, which its lock
+will refuse). Start times (``/proc/<pid>/stat`` field 22) guard against recycled pids.
 """
 
 from __future__ import annotations
@@ -55,19 +56,22 @@ def wait_gone(pgid: int, timeout_s: float = 10.0) -> None:
 
 
 def record(pid_file: Path, pgid: int) -> None:
-    pid_file.write_text(f"{pgid} {start_time(pgid)}\n")
+    pid_file.write_text(f"{pgid} {start_time(pgid)} {os.getpid()} {start_time(os.getpid())}\n")
 
 
 def reap(folder: Path, grace_s: float = 3.0) -> list[int]:
-    """End every group recorded under ``folder`` whose leader is still the process we started."""
+    """End every group recorded under ``folder`` whose writer is dead and whose leader is still the process that
+    writer started."""
     ended = []
     for pid_file in sorted(folder.glob("*.pid")):
         try:
-            pgid_text, started = pid_file.read_text().split()
+            pgid_text, started, writer, writer_started = pid_file.read_text().split()
             pgid = int(pgid_text)
         except (OSError, ValueError):
             pid_file.unlink(missing_ok=True)
             continue
+        if start_time(int(writer)) == writer_started:
+            continue  # its sloguard is alive and will end it
         if start_time(pgid) == started or (start_time(pgid) is None and group_alive(pgid)):
             kill_group(pgid, grace_s)
             ended.append(pgid)
