@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ class Pair:
     params: dict[str, Any]
     root: Path  # the folder holding papermill_params/: relative paths in the plan start here
 
-    @property
+    @cached_property  # builds the study's space: once per pair, not at every look at its log
     def spec(self) -> StudySpec:
         return _spec(self.params, f"parameter file {str(self.params_file)!r}")
 
@@ -110,7 +111,7 @@ class Pair:
     def out_dir(self) -> Path:
         return self.root / str(self.params["out_dir"])
 
-    @property
+    @cached_property
     def log_path(self) -> Path:
         return log_path_for(self.out_dir, self.spec)
 

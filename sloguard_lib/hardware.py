@@ -124,9 +124,10 @@ def has_gpu() -> bool:
     return detect_gpu_name() is not None
 
 
-def detect_gpu_profile() -> GpuProfile | None:
-    """Map the local GPU to a profile (by name; VRAM decides A100 40 vs 80 GB). None without a GPU."""
-    name = detect_gpu_name()
+def detect_gpu_profile(name: str | None = None) -> GpuProfile | None:
+    """Map the local GPU (``name``: its already detected name) to a profile (by name; VRAM decides A100 40 vs
+    80 GB). None without a GPU, or for a GPU without a profile."""
+    name = name or detect_gpu_name()
     if name is None:
         return None
     low = name.lower()

@@ -161,14 +161,18 @@ async def _one(client: Any, target: LoadTarget, req: Request, seed: int, api: st
         return events.finish()
     except (httpx.ReadTimeout, TimeoutError):  # aiohttp's read timeout is an asyncio.TimeoutError
         res.error = f"{STALL}: no byte for {target.stall_timeout_s:.0f} s after {events.count} events"
-    except (httpx.HTTPError, OSError, json.JSONDecodeError) as e:  # aiohttp's ClientError is an OSError
+    except _transport_errors(target.http) as e:  # evaluated only when something was raised
         res.error = f"{type(e).__name__}: {e}"
-    except Exception as e:
-        if type(e).__module__.startswith("aiohttp"):
-            res.error = f"{type(e).__name__}: {e}"
-        else:
-            raise
     return res
+
+
+def _transport_errors(http: str) -> tuple[type[Exception], ...]:
+    """What a failed request raises in this HTTP library (a record's error, never the load's end)."""
+    if http == "aiohttp":
+        import aiohttp
+
+        return aiohttp.ClientError, json.JSONDecodeError
+    return httpx.HTTPError, json.JSONDecodeError
 
 
 @contextlib.asynccontextmanager

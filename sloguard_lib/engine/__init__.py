@@ -40,10 +40,10 @@ def placement(backend: str | None, gpu: str | None) -> tuple[str, str]:
     backend = backend or default_backend()
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    detected = detect_gpu_profile()
+    name = detect_gpu_name()  # one nvidia-smi call (each costs ~0.1-1 s at start-up)
+    detected = detect_gpu_profile(name) if name else None
     if backend != "vllm":
         return backend, get_gpu(gpu).name if gpu else (detected.name if detected else "a100-40gb")
-    name = detect_gpu_name()
     here = "cpu" if name is None else (detected.name if detected else None)
     if here is None:
         if gpu is None:
