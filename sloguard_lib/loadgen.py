@@ -78,8 +78,9 @@ _EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 def request_body(target: LoadTarget, req: Request, seed: int, api: str) -> tuple[str, dict[str, Any]]:
     ids = req.prompt_token_ids(target.vocab_size, seed)
-    # ``ignore_eos`` + ``max_tokens`` make every request exactly ``output_len`` tokens long, as ``vllm bench serve``
-    # sends them; no ``min_tokens``: it adds vLLM's min-tokens logits processor to every decode step
+    # ``ignore_eos`` + ``max_tokens`` make every request exactly ``output_len`` tokens long; no ``min_tokens``, so
+    # the body has the fields ``vllm bench serve`` sends (its cost, if any, is not measured: results/h100/
+    # client_agreement/README.md)
     body: dict[str, Any] = {
         "model": target.model, "max_tokens": req.output_len, "ignore_eos": True,
         "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}, **dict(target.body_extra),
