@@ -55,8 +55,9 @@ MOMENTS: dict[str, Callable[[str], bool]] = {
     "startup": lambda text: text.count("\n") >= 3 and "Application startup complete" not in text,
     # requests are being served (uvicorn's access log)
     "load": lambda text: "POST /v1/completions" in text,
-    # the load is over and the server was told to stop: we are inside close()
-    "teardown": lambda text: "Shutting down" in text or "shutting down" in text,
+    # the load is over and the server was told to stop: we are inside close(). vLLM's own "[shutdown]" lines come
+    # first; uvicorn's "Shutting down" may never be written when the group goes down fast (seen in CI)
+    "teardown": lambda text: "[shutdown]" in text or "Shutting down" in text,
 }
 
 
@@ -78,8 +79,12 @@ def _interrupt(env: dict[str, str], cwd: Path, out: Path, sig: signal.Signals, m
         assert time.monotonic() - stopped_at < 10
         _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed step: stop it the way a user would, so its server is not left behind
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert proc.returncode == 128 + sig, (moment, sig.name, proc.returncode, err[-2000:])
     assert "interrupted:" in err and "--resume" in err and "Traceback" not in err, err[-2000:]
     assert not log.with_suffix(".pid").exists()
