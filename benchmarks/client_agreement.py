@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -34,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from sloguard_lib.engine import make_engine, placement
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.metrics import summarize
+from sloguard_lib.stats import paired_diff_pct
 from sloguard_lib.workload import Workload
 
 METRICS = {  # ours -> vllm bench serve's result key
@@ -96,16 +95,6 @@ class VllmBench:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def diff_ci(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Mean of the per-round relative differences a/b - 1, in %, with a paired 95 % t-interval: the two loads of
-    a round run back to back, so the server's drift over a session (whole loads shift by +-15 %) cancels."""
-    d = np.asarray(a) / np.asarray(b) - 1
-    if len(d) < 2:
-        return 100 * float(d.mean()), math.nan, math.nan
-    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
-    return 100 * float(d.mean()), 100 * float(ci.low), 100 * float(ci.high)
 
 
 def main() -> None:
@@ -176,7 +165,7 @@ def main() -> None:
             text = f"{conc:>4} {metric:<17} " + " ".join(f"{np.mean(x):>20,.2f}" for x in vals.values())
             for v in args.variants:
                 if v != "vllm" and "vllm" in vals:
-                    d, lo, hi = diff_ci(vals[v], vals["vllm"])
+                    d, lo, hi = paired_diff_pct(vals[v], vals["vllm"])
                     line[f"{v}_vs_vllm_pct"] = [d, lo, hi]
                     text += f"   {v}: {d:+.1f} % [{lo:+.1f}, {hi:+.1f}]"
             summary["table"].append(line)

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .engine import BACKENDS, default_backend, make_engine, placement
+from .engine.vllm import LAUNCHERS
 from .errors import InputError, yaml_problem
 from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
 from .interrupts import Interrupted, interrupts_raise
@@ -53,6 +54,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "real H100 data)")
     p.add_argument("--load-procs", type=int, default=1, metavar="N",
                    help="vllm backend: load-generator processes (one parses ~40k streamed tokens/s)")
+    p.add_argument("--launcher", default="warm", choices=LAUNCHERS,
+                   help="vllm backend: warm = each trial's server starts in a spare interpreter that imported vLLM "
+                        "during the previous trial; plain = a cold `vllm serve` per trial")
     p.add_argument("--workload", default="", help="e.g. concurrency=16,input_len=512,output_len=128,num_requests=64")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--slo-ttft-p99", type=float, default=500.0, help="TTFT p99 SLO in ms")
@@ -173,7 +177,7 @@ def _configs(text: str) -> list[dict[str, Any]]:
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.load_procs < 1:
         raise InputError(f"--load-procs must be >= 1, got {args.load_procs}")
-    return {"data": args.data, "load_procs": args.load_procs}
+    return {"data": args.data, "load_procs": args.load_procs, "launcher": args.launcher}
 
 
 def cmd_tune(args: argparse.Namespace, console: Console) -> int:

@@ -34,8 +34,10 @@ def evaluate(
         server = engine.launch(config, trial_seed=seed, label=label)
     except EngineCrash as crash:
         return rec | _crash_fields(crash) | {"engine_start_s": crash.elapsed_s, "gpu_seconds": crash.elapsed_s,
-                                             "wall_s": time.perf_counter() - t0}
+                                             "wall_s": time.perf_counter() - t0,
+                                             **({"engine_info": {"phases": crash.phases}} if crash.phases else {})}
     info = server.info
+    # ``engine_info`` is the server's own dict: ``close()`` completes its ``phases`` (load, teardown) in place
     rec |= {"engine_start_s": info.start_s, "engine_version": info.engine_version,
             "kv_cache_tokens": info.kv_cache_tokens, "engine_info": info.extra}
     loads: list[LoadResult] = []  # ``repeats`` loads, each on its own prompt seed

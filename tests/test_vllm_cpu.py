@@ -45,8 +45,8 @@ def sloguard(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Comp
 
 
 def vllm_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "vllm.entrypoints" in line and "ps -eo" not in line]
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout  # -ww: untruncated
+    return [line for line in out.splitlines() if "vllm.entrypoints" in line and "ps -ww" not in line]
 
 
 def test_bench_against_a_real_cpu_server_then_nothing_is_left(vllm_env: dict[str, str], tmp_path: Path) -> None:

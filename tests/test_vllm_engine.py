@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from sloguard_lib.engine.base import EngineCrash
+from sloguard_lib.engine.reaper import group_alive
 from sloguard_lib.engine.vllm import VllmEngine, default_launcher, port_in_use, vllm_args
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
@@ -112,3 +117,72 @@ def test_port_taken_before_the_server_binds_is_retried_on_a_fresh_port(tmp_path:
         squatter.close()
     first_log = next((tmp_path / "logs").glob(f"*port{taken}.log")).read_text().lower()
     assert "address already in use" in first_log
+
+
+def spare_processes() -> list[str]:
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout  # -ww: untruncated
+    return [line for line in out.splitlines() if "spare.py" in line and STUB[1] in line and "ps -ww" not in line]
+
+
+def test_warm_launcher_hands_each_trial_to_a_spare_and_times_its_phases(tmp_path: Path) -> None:
+    eng = engine(tmp_path)
+    assert eng.launcher == "warm"
+    walls, records = [], []
+    for trial in range(2):
+        t0 = time.perf_counter()
+        server = eng.launch({}, trial_seed=trial, label=f"trial{trial:03d}")
+        server.run_load(Workload(concurrency=2, num_requests=4, input_len=16, output_len=8, warmup=0))
+        server.close()
+        walls.append(time.perf_counter() - t0)
+        records.append(server.info.extra)
+        assert len(spare_processes()) == 1  # the next trial's, importing while this one ran
+    assert [r["launcher"] for r in records] == ["warm", "warm"]
+    for rec, wall in zip(records, walls, strict=True):
+        phases = rec["phases"]
+        assert list(phases) == ["spare_wait", "api_start", "load", "teardown"]  # the stub logs no vLLM markers
+        assert abs(sum(phases.values()) - wall) < 0.05, (phases, wall)  # the phases are the trial's wall time
+    # the spare had the whole first trial to get ready: the second one did not wait for it
+    assert records[1]["phases"]["spare_wait"] < 0.5
+    log = Path(records[1]["log"]).read_text()
+    assert log.startswith("$ ") and "--port" in log.splitlines()[0]
+    eng.close()
+    assert spare_processes() == []
+
+
+def test_a_dead_spare_falls_back_to_a_plain_start(tmp_path: Path) -> None:
+    eng = engine(tmp_path)
+    eng.launch({}, trial_seed=0).close()
+    spare = eng._spare[0]
+    os.killpg(spare.proc.pid, signal.SIGKILL)  # e.g. the OOM killer took it between trials
+    server = eng.launch({}, trial_seed=1)
+    assert server.info.extra["launcher"].startswith("plain (spare fault: spare ")  # not ready, or died at the hand-off
+    assert server.run_load(Workload(concurrency=2, num_requests=2, input_len=8, output_len=4)).requests[0].ok
+    server.close()
+    eng.close()
+
+
+def test_a_spare_whose_environment_is_stale_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    eng = engine(tmp_path)
+    eng.launch({}, trial_seed=0).close()
+    monkeypatch.setenv("SLOGUARD_TEST_CHANGED", "1")  # vLLM reads its settings from the environment
+    server = eng.launch({}, trial_seed=1)
+    assert server.info.extra["launcher"] == "plain (spare fault: the environment changed since the spare started)"
+    server.close()
+    eng.close()
+
+
+def test_a_spare_exits_when_its_tuner_is_killed(tmp_path: Path) -> None:
+    script = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n"
+              "from pathlib import Path\nimport os\n"
+              "from sloguard_lib.engine.spare import Spare\n"
+              f"s = Spare(sys.executable, {STUB[1]!r}, dict(os.environ), Path({str(tmp_path / 'spare.log')!r}))\n"
+              "print(s.proc.pid, flush=True)\ntime.sleep(60)\n")
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert driver.stdout is not None
+    spare_pid = int(driver.stdout.readline())
+    driver.kill()  # SIGKILL: no finalizer runs
+    driver.wait()
+    deadline = time.monotonic() + 5
+    while group_alive(spare_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not group_alive(spare_pid)

@@ -13,13 +13,14 @@ from .sim import SimEngine
 from .vllm import VllmEngine
 
 #: (model, gpu, backend options) -> engine; each backend reads only the options it knows (``data`` for replay,
-#: ``load_procs`` and ``log_dir`` for vllm)
+#: ``load_procs``, ``launcher`` and ``log_dir`` for vllm)
 EngineFactory = Callable[[ModelShape, GpuProfile, Mapping[str, Any]], Engine]
 
 BACKENDS: dict[str, EngineFactory] = {
     "sim": lambda model, gpu, opts: SimEngine(model, gpu),
     "vllm": lambda model, gpu, opts: VllmEngine(model, gpu, load_procs=opts.get("load_procs", 1),
-                                                log_dir=opts.get("log_dir", "results/server_logs")),
+                                                log_dir=opts.get("log_dir", "results/server_logs"),
+                                                launcher=opts.get("launcher", "warm")),
     "replay": lambda model, gpu, opts: ReplayEngine(model, gpu, opts.get("data")),
 }
 

@@ -37,6 +37,7 @@ class EngineCrash(Exception):
         self.elapsed_s = elapsed_s
         self.phase = phase
         self.log_excerpt = log_excerpt or message
+        self.phases: dict[str, float] = {}  # where the failed start's time went, when the backend measures it
 
 
 @dataclass

@@ -9,10 +9,16 @@ process group with its output in a per-trial log (``<log_dir>/<label>_port<port>
 SIGHUP), sends SIGTERM to the group, SIGKILL after a grace period, and waits until the group is gone and the
 port is free, so the next trial never collides and nothing outlives us (:mod:`.reaper` covers SIGKILL).
 
+How (``launcher``): ``warm`` (default) hands each trial to a spare interpreter that imported vLLM while the
+previous trial ran, and lets vLLM fork its engine core from it (:mod:`.spare`, with the measurement behind it);
+``plain`` starts ``vllm serve`` from scratch. Either way each trial is a fresh server process with the trial's
+exact flags. The record's ``engine_info.phases`` says where the trial's wall time went (:mod:`.phases`).
+
 Which vLLM: ``SLOGUARD_VLLM_PYTHON`` names the interpreter of a separate environment (the CPU build,
 ``vllm-cpu``, lives in its own venv because it pins a CPU torch: ``scripts/install_vllm_cpu.sh``); it is
 launched as ``python -m vllm.entrypoints.openai.api_server``, which needs no ``vllm`` distribution name.
-Otherwise the ``vllm`` command on PATH runs ``vllm serve``.
+Otherwise this interpreter's vLLM runs as ``python -m vllm.entrypoints.cli.main serve`` (= ``vllm serve``), and
+failing that the ``vllm`` command on PATH (no spare: an executable cannot be pre-imported).
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -44,6 +51,8 @@ from ..space import BOOL_KNOBS, NUMERIC_KNOBS, Config
 from ..workload import Workload
 from . import reaper
 from .base import EngineCrash, ServerInfo
+from .phases import LOAD, READY, TEARDOWN, PhaseClock
+from .spare import Spare, SpareFault, split_launcher
 
 SERVED_NAME = "sloguard"
 CPU_DEFAULT_MEMORY_UTILIZATION = 0.3
@@ -52,6 +61,10 @@ PORT_RETRIES = 2
 #: SIGTERM -> SIGKILL grace at teardown. vLLM 0.26 shuts down in 1-3 s on SIGTERM; one server once ignored it
 #: for 20 s, and a stop request must leave nothing alive 10 s later.
 CLOSE_GRACE_S = 5.0
+#: readiness poll: also the resolution of the phase clock's log stamps
+POLL_S = 0.1
+Launcher = Literal["warm", "plain"]
+LAUNCHERS: tuple[Launcher, ...] = ("warm", "plain")
 
 
 def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]:
@@ -84,11 +97,11 @@ def default_launcher() -> list[str]:
             raise InputError(f"SLOGUARD_VLLM_PYTHON={python!r} is not a file; point it at the python of the venv "
                              "that has vLLM (e.g. .venv-vllm-cpu/bin/python from scripts/install_vllm_cpu.sh)")
         return [python, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    if importlib.util.find_spec("vllm") is not None:
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
     exe = shutil.which("vllm")
     if exe:
         return [exe, "serve"]
-    if importlib.util.find_spec("vllm") is not None:
-        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
     raise InputError("the vllm backend needs vLLM: it is not installed here (pip install vllm; on a CPU-only "
                      "machine: bash scripts/install_vllm_cpu.sh, then export "
                      "SLOGUARD_VLLM_PYTHON=.venv-vllm-cpu/bin/python), or use --backend sim")
@@ -110,7 +123,8 @@ class VllmEngine:
 
     def __init__(self, model: ModelShape, gpu: GpuProfile, *, log_dir: str | Path = "results/server_logs",
                  vllm_cmd: list[str] | None = None, startup_timeout_s: float = 900.0,
-                 extra_args: list[str] | None = None, stall_timeout_s: float = 60.0, load_procs: int = 1) -> None:
+                 extra_args: list[str] | None = None, stall_timeout_s: float = 60.0, load_procs: int = 1,
+                 launcher: Launcher = "warm") -> None:
         # ``gpu`` is the card this runs on (the CLI detects it; "cpu" for the CPU build): the profile only
         # bounds SLOs and names records, vLLM itself measures what is there
         self.model, self.gpu = model, gpu
@@ -119,8 +133,17 @@ class VllmEngine:
         self.startup_timeout_s, self.stall_timeout_s = startup_timeout_s, stall_timeout_s
         self.extra_args = extra_args or []
         self.load_procs = load_procs
+        if launcher not in LAUNCHERS:
+            raise InputError(f"unknown launcher {launcher!r}; available: {', '.join(LAUNCHERS)}")
+        self.launcher = launcher
         self._n = 0
+        self._spare: list[Spare] = []  # at most one, waiting for the next trial
+        weakref.finalize(self, _stop_spares, self._spare)  # and at interpreter exit; a SIGKILL ends it too (spare.py)
         reaper.reap(self.log_dir)  # servers of a run of this study that was SIGKILLed
+
+    def close(self) -> None:
+        """Stop the waiting spare (a finalizer does it too, when the engine is collected or Python exits)."""
+        _stop_spares(self._spare)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "engine_version": _vllm_version(), "gpu": self.gpu.name, "model": self.model.name}
@@ -156,6 +179,7 @@ class VllmEngine:
         raise AssertionError("unreachable")
 
     def _launch(self, config: Config, trial_seed: int, label: str) -> VllmServer:
+        t0 = time.perf_counter()
         model_dir = self._servable_dir()
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -168,39 +192,85 @@ class VllmEngine:
             # vLLM's 0.92 default assumes a dedicated device; of a shared host's memory it rarely is free
             # (tests/data/crash_logs/oom/cpu_*), so an unset knob gets a share that leaves the host room
             config = {**config, "gpu_memory_utilization": CPU_DEFAULT_MEMORY_UTILIZATION}
-        cmd = [*self.vllm_cmd, *vllm_args(str(model_dir), config, port, trial_seed % 2**31), *self.extra_args]
-        env = os.environ | {"VLLM_USE_FLASHINFER_SAMPLER": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER", "0")}
-        t0 = time.perf_counter()
+        args = [*vllm_args(str(model_dir), config, port, trial_seed % 2**31), *self.extra_args]
+        cmd = [*self.vllm_cmd, *args]
+        env = self._server_env()
         log = open(log_path, "wb")  # noqa: SIM115 - owned by the server object, closed in close()
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
+        clock = PhaseClock(log_path, t0, offset=log.tell())
         try:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            proc, how = self._start(cmd, args, env, log, log_path)
         except FileNotFoundError:
             log.close()
             raise InputError(f"cannot start vLLM: {self.vllm_cmd[0]!r} not found; install vllm") from None
-        server = VllmServer(proc, port, log, log_path, t0)
+        if how == "warm":
+            clock.stamp("spare_wait")
+        server = VllmServer(proc, port, log, log_path, clock)
+        self._prepare_spare(env)  # the next trial's, importing while this server starts
         try:
             server.wait_ready(self.startup_timeout_s)
             server.info = ServerInfo(
                 backend=self.name, engine_version=server.version(), gpu=self.gpu.name, model=self.model.name,
                 start_s=time.perf_counter() - t0, kv_cache_tokens=server.kv_cache_tokens(),
-                extra={"log": str(log_path)})
-        except BaseException:  # a crash, and Ctrl-C / SIGTERM / SIGHUP during start-up: never leave it running
+                extra={"log": str(log_path), "launcher": how, "phases": server.clock.phases()})
+        except BaseException as e:  # a crash, and Ctrl-C / SIGTERM / SIGHUP during start-up: never leave it running
             server.close()
+            if isinstance(e, EngineCrash):
+                e.phases = server.clock.phases()
             raise
         server.target = LoadTarget(f"http://127.0.0.1:{port}", SERVED_NAME, self.model.vocab_size,
                                    stall_timeout_s=self.stall_timeout_s, processes=self.load_procs)
         server.info.extra["client"] = client_name(server.target)
         return server
 
+    def _server_env(self) -> dict[str, str]:
+        env = os.environ | {"VLLM_USE_FLASHINFER_SAMPLER": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER", "0"),
+                            "PYTHONUNBUFFERED": "1"}  # log lines as they happen: the phase clock reads them
+        if self.launcher == "warm":  # vLLM's CLI would set spawn; fork lets the engine core inherit the imports
+            env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+        return env
+
+    def _start(self, cmd: list[str], args: list[str], env: dict[str, str], log: Any,
+               log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+        """The server process and how it started: ``warm`` (a spare took it), ``plain``, or ``plain`` after a
+        spare fault, which is the harness's problem and never the config's."""
+        how = "plain"
+        if self.launcher == "warm" and (parts := split_launcher(self.vllm_cmd)):
+            if not self._spare:
+                self._prepare_spare(env)  # the first trial waits for its imports, like a plain start would
+            spare = self._spare.pop()
+            try:
+                return spare.take([*parts[2], *args], log_path, env, self.startup_timeout_s), "warm"
+            except SpareFault as fault:
+                how = f"plain (spare fault: {fault})"
+                log.write(f"[sloguard] {how}\n".encode())
+                log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        return proc, how
+
+    def _prepare_spare(self, env: dict[str, str]) -> None:
+        parts = split_launcher(self.vllm_cmd)
+        if self.launcher != "warm" or parts is None or self._spare:
+            return
+        try:
+            self._spare.append(Spare(parts[0], parts[1], env, self.log_dir / f"spare{self._n + 1:03d}.log"))
+        except OSError:
+            return  # no spare: the next trial starts the plain way (and reports why the launch fails, if it does)
+
+
+def _stop_spares(spares: list[Spare]) -> None:
+    while spares:
+        spares.pop().stop()
+
 
 class VllmServer:
     info: ServerInfo
     target: LoadTarget
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Any, log_path: Path, t0: float) -> None:
-        self.proc, self.port, self.log, self.log_path, self.t0 = proc, port, log, log_path, t0
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Any, log_path: Path, clock: PhaseClock) -> None:
+        self.proc, self.port, self.log, self.log_path, self.clock = proc, port, log, log_path, clock
+        self.t0 = clock.t0
         self.pid_file = log_path.with_suffix(".pid")
         reaper.record(self.pid_file, proc.pid)  # start_new_session: its pid is its process group's id
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
@@ -221,10 +291,13 @@ class VllmServer:
             if elapsed > timeout_s:
                 raise EngineCrash("startup_timeout", f"/health not ready after {timeout_s:.0f} s",
                                   elapsed_s=elapsed, log_excerpt=self.log_path.read_text(errors="replace")[-2000:])
+            self.clock.poll()
             with contextlib.suppress(httpx.HTTPError):
                 if self.http.get("/health").status_code == 200:
+                    self.clock.poll()
+                    self.clock.stamp(READY)
                     return
-            time.sleep(0.5)
+            time.sleep(POLL_S)
 
     def version(self) -> str:
         with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):  # {} or a list: unknown
@@ -251,6 +324,7 @@ class VllmServer:
         before = _scrape(self.metrics_text())
         load = run_load(self.target, workload)
         elapsed = time.perf_counter() - t_start
+        self.clock.stamp(LOAD)
         if self.proc.poll() is not None:
             raise self._crash("load", "killed", elapsed)
         errors = [r for r in load.requests if not r.ok]
@@ -282,6 +356,9 @@ class VllmServer:
             reaper.wait_gone(self.proc.pid)  # the engine core and workers, re-parented once the leader died
             self.pid_file.unlink(missing_ok=True)
             self.log.close()
+            self.clock.stamp(TEARDOWN)
+            if hasattr(self, "info"):
+                self.info.extra["phases"] = self.clock.phases()
 
 
 def _scrape(text: str) -> dict[str, float]:
