@@ -160,6 +160,7 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
         log.extend(spec.budget, len(done), datetime.now(UTC).isoformat(timespec="seconds"))
     engine = engine or make_engine(spec.backend, resolve_model(spec.model), get_gpu(spec.gpu),
                                    {"log_dir": server_log_dir(path.parent, spec)})
+    engine.restore(done)
     for n in range(len(done), spec.budget):
         if stop_after_s is not None and time.monotonic() - started > stop_after_s:
             break

@@ -96,4 +96,13 @@ def test_study_with_a_classified_startup_crash_then_resume(vllm_env: dict[str, s
     for t in measured:
         assert t["metrics"]["requests_ok"] == 16 and t["metrics"]["ttft_p50_ms"] > 0
         assert 0.01 <= t["config"]["gpu_memory_utilization"] <= 0.3
+    # the default launcher: each server started in a spare interpreter, and the record says where the time went
+    for t in resumed:
+        phases = t["engine_info"]["phases"]
+        assert abs(sum(phases.values()) - t["wall_s"]) < 1.0, (phases, t["wall_s"])
+    for t in measured:
+        assert t["engine_info"]["launcher"] == "warm"
+        phases = t["engine_info"]["phases"]
+        assert {"import", "engine_core_start", "weights", "api_start", "load", "teardown"} <= set(phases)
+        assert phases["import"] < 5.0  # vLLM was imported before the hand-off (a cold import is 13+ s here)
     assert vllm_processes() == []

@@ -8,6 +8,7 @@ per-request results; metrics, SLOs and goodput are computed outside the backend,
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -72,6 +73,11 @@ class Engine(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def restore(self, trials: Sequence[Mapping[str, Any]]) -> None:
+        """Rebuild whatever state earlier trials of this study left in the engine, from their records, before a
+        resumed study goes on (the sim's compile cache; a real engine's lives on disk already)."""
+        ...
 
     def latency_floor_ms(self, workload: Workload) -> tuple[float, float]:
         """(TTFT, ITL) lower bounds in ms that no config can beat; used to reject impossible SLOs."""

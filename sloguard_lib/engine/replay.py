@@ -168,6 +168,9 @@ class ReplayEngine:
         d, _, rec = min(scored, key=lambda s: (s[0], s[1]))
         return rec, d
 
+    def restore(self, trials: Sequence[Mapping[str, Any]]) -> None:
+        """Recorded measurements carry no state between trials."""
+
     def launch(self, config: Config, *, trial_seed: int, label: str = "") -> ReplayServer:
         full = self.defaults | dict(config)
         rec, d = self.nearest(full, self.records)

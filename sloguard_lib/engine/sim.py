@@ -26,8 +26,10 @@ Constants are in :mod:`.calibration`; physical GPU numbers in :mod:`sloguard_lib
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +116,14 @@ class SimEngine:
 
     def latency_floor_ms(self, workload: Workload) -> tuple[float, float]:
         return latency_floor_ms(self.model, self.gpu, workload.input_len)
+
+    def restore(self, trials: Sequence[Mapping[str, Any]]) -> None:
+        """Start every logged config again: start-ups are deterministic and cheap here, and the compile cache
+        then holds what it held when the logged run got there (issue #24 F7: without it, resumed ``tba`` runs
+        paid cold compiles twice and their ``gpu_seconds`` drifted)."""
+        for rec in trials:
+            with contextlib.suppress(EngineCrash):
+                self.launch(rec["config"], trial_seed=0)
 
     # ------------------------------------------------------------------ start-up
     def launch(self, config: Config, *, trial_seed: int, label: str = "") -> SimServer:

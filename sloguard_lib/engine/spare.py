@@ -32,11 +32,20 @@ from pathlib import Path
 
 READY = b"ready\n"
 TAKEN = b"taken\n"  # the spare read the trial: from here on it is the server, and its fate is the trial's
-#: imported by the spare after the launcher's own module: what the engine-core process would import on its own.
-#: Optional (a name missing in some vLLM version, or the CPU build, is skipped).
-ENGINE_CORE_MODULES = ("vllm.v1.engine.core", "vllm.v1.executor.abstract", "vllm.v1.worker.gpu_worker",
-                       "vllm.v1.worker.gpu_model_runner", "vllm.v1.worker.cpu_worker",
-                       "vllm.model_executor.model_loader")
+#: imported by the spare after the launcher's own module. None: on the H100, pre-importing vLLM's GPU worker and
+#: model runner before the fork broke the forked engine core's Triton and Inductor autotuning ("Pointer argument
+#: cannot be accessed from Triton (cpu tensor?)", "'_EventPlaceholder' object has no attribute 'elapsed_time'":
+#: 15 of 15 starts failed), while a parent that imported only the API server is what vLLM's own library mode forks.
+ENGINE_CORE_MODULES: tuple[str, ...] = ()
+#: what a launcher module imports only when it runs (``vllm serve``'s ``main()`` imports its subcommands lazily:
+#: without these the warm start still spent 8-14 s importing after the hand-off on the H100)
+LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
+    "vllm.entrypoints.cli.main": (
+        "vllm.entrypoints.cli.benchmark.main", "vllm.entrypoints.cli.collect_env", "vllm.entrypoints.cli.launch",
+        "vllm.entrypoints.cli.openai", "vllm.entrypoints.cli.run_batch", "vllm.entrypoints.cli.serve",
+        "vllm.entrypoints.openai.api_server", "vllm.entrypoints.serve.utils.api_utils",
+        "vllm.utils.argparse_utils"),
+}
 
 
 class SpareFault(Exception):
@@ -58,7 +67,7 @@ class Spare:
 
     def __init__(self, python: str, target: str, env: dict[str, str], log_path: Path) -> None:
         self.target, self.env, self.log_path = target, env, log_path
-        preimports = ENGINE_CORE_MODULES if not target.endswith(".py") else ()
+        preimports = (*LAZY_IMPORTS.get(target, ()), *ENGINE_CORE_MODULES) if not target.endswith(".py") else ()
         self._stderr = open(log_path, "wb")  # noqa: SIM115 - closed in take() / stop()
         self.proc = subprocess.Popen([python, __file__, target, *preimports], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env, start_new_session=True)

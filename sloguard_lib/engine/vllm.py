@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,6 +141,9 @@ class VllmEngine:
         self._spare: list[Spare] = []  # at most one, waiting for the next trial
         weakref.finalize(self, _stop_spares, self._spare)  # and at interpreter exit; a SIGKILL ends it too (spare.py)
         reaper.reap(self.log_dir)  # servers of a run of this study that was SIGKILLed
+
+    def restore(self, trials: Sequence[Mapping[str, Any]]) -> None:
+        """vLLM's compile cache is on disk and outlives our process: nothing to rebuild."""
 
     def close(self) -> None:
         """Stop the waiting spare (a finalizer does it too, when the engine is collected or Python exits)."""

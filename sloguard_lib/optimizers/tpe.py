@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import ClassVar
 
+import numpy as np
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -75,10 +76,11 @@ class TPE:
                 trial.set_constraint(key, c)
             self.study.tell(trial, value, state=state)
             return
-        # replayed from a log (or warm-started): add it as a finished trial with the same distributions
+        # replayed from a log (or warm-started): add it as a finished trial with the same distributions, holding
+        # the very floats a live trial holds, so a resumed study goes on exactly as the uninterrupted one
         self.study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={n: self.dists[n] for n in params}, value=value, state=state,
-            constraints=constraints))
+            params={n: optuna_float(self.dists[n], v) for n, v in params.items()},
+            distributions={n: self.dists[n] for n in params}, value=value, state=state, constraints=constraints))
 
 
 class ConstrainedTPE(TPE):
@@ -95,6 +97,17 @@ class ConstrainedTPE(TPE):
     def _result(self, outcome: Outcome) -> tuple[TrialState, float | None, dict[str, float] | None]:
         value = 0.0 if outcome.utility is None else outcome.utility
         return TrialState.COMPLETE, value, {"crash_or_slo": self.VIOLATION[outcome.status]}
+
+
+def optuna_float(dist: BaseDistribution, value: object) -> object:
+    """The float Optuna holds for a stepped value: its own arithmetic (``optuna._transform``: ``round((x - low) /
+    step) * step + low``, clipped), so ``0.89`` on the grid 0.5:0.95:0.01 becomes the 0.8899999999999999 a live
+    trial holds. Without it a replayed trial told TPE 0.89 and resumed studies drifted from the uninterrupted run
+    (issue #24 F3: from trial 17 at budget 50, at every resume point tried at budget 200)."""
+    if isinstance(dist, FloatDistribution) and dist.step is not None and not dist.log and isinstance(value, float):
+        n = np.round((value - dist.low) / dist.step)
+        return float(np.clip(n * dist.step + dist.low, dist.low, dist.high))
+    return value
 
 
 def _suggest(trial: optuna.trial.Trial, knob: Knob) -> object:
