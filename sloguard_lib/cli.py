@@ -54,6 +54,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "real H100 data)")
     p.add_argument("--load-procs", type=int, default=1, metavar="N",
                    help="vllm backend: load-generator processes (one parses ~40k streamed tokens/s)")
+    p.add_argument("--startup-timeout-s", type=float, default=900.0, metavar="S",
+                   help="vllm backend: a server not ready after this long is a startup_timeout crash")
+    p.add_argument("--stall-timeout-s", type=float, default=60.0, metavar="S",
+                   help="vllm backend: a stream with no byte for this long is a hang (runtime_hang); it ends the load")
+    p.add_argument("--load-timeout-s", type=float, default=1800.0, metavar="S",
+                   help="vllm backend: a load still running after this long is cut (its open requests fail)")
     p.add_argument("--launcher", default="warm", choices=LAUNCHERS,
                    help="vllm backend: warm = each trial's server starts in a spare interpreter that imported vLLM "
                         "during the previous trial; plain = a cold `vllm serve` per trial")
@@ -177,7 +183,12 @@ def _configs(text: str) -> list[dict[str, Any]]:
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.load_procs < 1:
         raise InputError(f"--load-procs must be >= 1, got {args.load_procs}")
-    return {"data": args.data, "load_procs": args.load_procs, "launcher": args.launcher}
+    timeouts = {"startup_timeout_s": args.startup_timeout_s, "stall_timeout_s": args.stall_timeout_s,
+                "load_timeout_s": args.load_timeout_s}
+    for key, value in timeouts.items():
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"--{key.replace('_', '-')} must be a positive number of seconds, got {value}")
+    return {"data": args.data, "load_procs": args.load_procs, "launcher": args.launcher, **timeouts}
 
 
 def cmd_tune(args: argparse.Namespace, console: Console) -> int:

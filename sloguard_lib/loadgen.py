@@ -14,8 +14,10 @@ near-zero gaps (real H100 runs at 17k tok/s showed ITL p50 of 0.04 ms from exact
 
 Closed loop: ``concurrency`` requests in flight. Open loop: Poisson send times, still capped by
 ``concurrency``. Warm-up requests run first and are discarded. A request that gets no byte for
-``stall_timeout_s`` fails as a stall, and the whole load is cut at ``load_timeout_s``, so a dead or hung
-server ends the trial instead of hanging it.
+``stall_timeout_s`` fails as a stall, and the first stall ends the whole load (a hung server stalls every
+stream: waiting out each warm-up and round cost ~540 s per hung trial), which is cut at ``load_timeout_s`` in any
+case, so a dead or hung server ends the trial instead of hanging it. A stream that sends more token events than
+``max_tokens`` allows is cut (``OVERRUN``), so a broken server cannot grow the client's memory without bound.
 
 One process parses ~40k streamed tokens/s (h11 handles every HTTP chunk in Python; that is most of the
 ~25 us per token). A server that streams more needs ``LoadTarget.processes`` > 1: the requests are dealt
@@ -46,6 +48,7 @@ from .metrics import LoadResult, RequestResult
 from .workload import Request, Workload
 
 STALL = "stall"  # error prefix for requests that stopped receiving tokens
+OVERRUN = "overrun"  # error prefix for a stream with more token events than max_tokens
 CLIENT = f"sloguard-loadgen/{__version__}"
 
 
@@ -74,6 +77,7 @@ _OPEN_CHOICE = re.compile(rb'"finish_reason":\s*null')
 _NO_CHOICES = re.compile(rb'"choices":\s*\[\]')
 _USAGE = re.compile(rb'"usage":\s*\{')
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+MAX_EVENT_BYTES = 1 << 20  # one SSE event of a token is ~300 bytes
 
 
 def request_body(target: LoadTarget, req: Request, seed: int, api: str) -> tuple[str, dict[str, Any]]:
@@ -102,15 +106,18 @@ def is_token_event(payload: bytes, api: str) -> bool:
 class _Events:
     """Incremental SSE parsing of one response: token events timed on arrival, the usage chunk decoded."""
 
-    def __init__(self, res: RequestResult, t0: float, api: str) -> None:
-        self.res, self.last, self.api = res, t0, api
+    def __init__(self, res: RequestResult, t0: float, api: str, max_events: int = 1 << 30) -> None:
+        self.res, self.last, self.api, self.max_events = res, t0, api, max_events
         self.t0, self.count, self.buf = t0, 0, b""
 
     def feed(self, chunk: bytes) -> bool:
-        """Take one received chunk; True once ``[DONE]`` arrived. SSE events end with a blank line, ``\\n\\n``
-        or ``\\r\\n\\r\\n``."""
+        """Take one received chunk; True once ``[DONE]`` arrived (or the stream overran ``max_events``, or an
+        event grew past ``MAX_EVENT_BYTES``). SSE events end with a blank line, ``\\n\\n`` or ``\\r\\n\\r\\n``."""
         now = time.perf_counter()
         *complete, self.buf = _EVENT_END.split(self.buf + chunk)
+        if len(self.buf) > MAX_EVENT_BYTES:
+            self.res.error = f"{OVERRUN}: an SSE event longer than {MAX_EVENT_BYTES} bytes"
+            return True
         for event in complete:
             if not event.startswith(b"data:"):
                 continue
@@ -126,12 +133,15 @@ class _Events:
                     self.res.itl_s.append(now - self.last)
                 self.last = now
                 self.count += 1
+                if self.count > self.max_events:
+                    self.res.error = f"{OVERRUN}: more than {self.max_events} token events"
+                    return True
         return False
 
     def finish(self) -> RequestResult:
         self.res.e2e_s = self.last - self.t0
-        self.res.ok = self.count > 0
-        if not self.res.ok:
+        self.res.ok = self.count > 0 and self.res.error is None
+        if self.count == 0:
             self.res.error = "stream ended without tokens"
         return self.res
 
@@ -139,7 +149,8 @@ class _Events:
 async def _one(client: Any, target: LoadTarget, req: Request, seed: int, api: str = "completions") -> RequestResult:
     path, body = request_body(target, req, seed, api)
     res = RequestResult(req.index, ok=False, prompt_tokens=req.prompt_len)
-    events = _Events(res, time.perf_counter(), api)
+    # vLLM streams one event per token; a margin for servers that send empty or split ones
+    events = _Events(res, time.perf_counter(), api, max_events=2 * req.output_len + 16)
     try:
         if target.http == "aiohttp":
             async with client.post(path, json=body) as resp:
@@ -205,7 +216,12 @@ async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Reques
             like = workload.requests()[0]  # warm-ups mimic the workload's first request, 16 tokens at most
             for i in range(warmup):
                 warm = Request(workload.num_requests + i, like.prompt_len, min(like.output_len, 16), 0, 0.0)
-                await _one(client, target, warm, workload.seed + 1, workload.api)
+                got = await _one(client, target, warm, workload.seed + 1, workload.api)
+                if (got.error or "").startswith(STALL):  # hung: the load would stall too
+                    if gate is not None:
+                        gate()  # the other client processes wait here: let them go and meet the stall themselves
+                    now = time.perf_counter()
+                    return [_failed(r, f"{got.error} (warm-up)") for r in reqs], now, now
         if gate is not None:
             gate()
         sem = asyncio.Semaphore(concurrency)
@@ -215,20 +231,37 @@ async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Reques
             if not workload.closed_loop:
                 await asyncio.sleep(max(0.0, start + req.arrival_s - time.perf_counter()))
             async with sem:
-                return await _one(client, target, req, workload.seed, workload.api)
+                res = await _one(client, target, req, workload.seed, workload.api)
+            if (res.error or "").startswith(STALL):
+                raise _Stalled(res)  # ends the wait below at once
+            return res
 
         tasks = [asyncio.create_task(send(r)) for r in reqs]
-        done, pending = await asyncio.wait(tasks, timeout=target.load_timeout_s) if tasks else (set(), set())
+        done, pending = (await asyncio.wait(tasks, timeout=target.load_timeout_s, return_when=asyncio.FIRST_EXCEPTION)
+                         if tasks else (set(), set()))
         for task in pending:
             task.cancel()
+        stalled = [t.exception() for t in done if isinstance(t.exception(), _Stalled)]
+        why = (f"{STALL}: load ended by a stalled stream" if stalled
+               else f"{STALL}: load cut at {target.load_timeout_s:.0f} s")
         results = []
         for req, task in zip(reqs, tasks, strict=True):
-            if task in done and not task.cancelled() and task.exception() is None:
+            exc = task.exception() if task in done else None
+            if task in done and exc is None:
                 results.append(task.result())
             else:
-                results.append(RequestResult(req.index, ok=False, prompt_tokens=req.prompt_len, http_status=None,
-                                             error=f"{STALL}: load cut at {target.load_timeout_s:.0f} s"))
+                results.append(exc.result if isinstance(exc, _Stalled) else _failed(req, why))
     return results, start, time.perf_counter()
+
+
+class _Stalled(Exception):
+    def __init__(self, result: RequestResult) -> None:
+        super().__init__(result.error)
+        self.result = result
+
+
+def _failed(req: Request, error: str) -> RequestResult:
+    return RequestResult(req.index, ok=False, prompt_tokens=req.prompt_len, http_status=None, error=error)
 
 
 def _event_loop() -> Runner:

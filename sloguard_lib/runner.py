@@ -28,7 +28,7 @@ from .optimizers import Optimizer, Outcome, Proposal, make_optimizer
 from .slo import SLO
 from .space import Config, SearchSpace, build_serving_space
 from .trial import evaluate, trial_seed
-from .trial_log import LogContents, TrialLog, exclusive, git_commit, read_log
+from .trial_log import LogContents, TrialLog, exclusive, git_commit, holds_no_record, read_log
 from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
@@ -150,7 +150,7 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
     optimizer = make_optimizer(spec.optimizer, spec.space, spec.seed, budget=spec.budget, prior=prior)
     done: list[dict[str, Any]] = []
     logged_budget = spec.budget
-    if path.exists() and path.stat().st_size > 0:
+    if path.exists() and (path.is_dir() or not holds_no_record(path)):
         if not resume:
             raise InputError(f"trial log {str(path)!r} already exists: pass --resume to continue it, "
                              "or choose another --out")

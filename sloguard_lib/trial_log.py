@@ -52,12 +52,35 @@ class LogContents:
     torn_tail: bytes  # bytes after the last complete line (a write cut short), empty if none
 
 
+def _problem(rec: Any) -> str | None:
+    """What makes a parsed line unusable as a log record (None: nothing). Readers index these fields freely, so a
+    hand-edited or foreign line must be refused here, naming its line, not fail later with a traceback."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    if rec.get("kind") != "trial":
+        return None
+    if not isinstance(rec.get("trial"), int) or isinstance(rec.get("trial"), bool):
+        return "a trial record without an integer 'trial'"
+    if not isinstance(rec.get("params"), dict) or not isinstance(rec.get("config", {}), dict):
+        return "a trial record whose 'params' or 'config' is not an object"
+    if rec.get("status") not in STATUSES:
+        return f"a trial record with status {rec.get('status')!r} (known: {', '.join(STATUSES)})"
+    for key in ("utility", "gpu_seconds", "wall_s"):
+        value = rec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value)):
+            return f"a trial record whose {key!r} is {value!r}, not a finite number"
+    return None
+
+
 def read_log(path: str | Path) -> LogContents:
     p = Path(path)
     try:
         data = p.read_bytes()
     except FileNotFoundError:
         raise InputError(f"trial log {str(p)!r} does not exist") from None
+    except OSError as e:
+        raise InputError(f"cannot read trial log {str(p)!r}: {e.strerror}") from None
     end = data.rfind(b"\n") + 1
     body, tail = data[:end], data[end:]
     records: list[dict[str, Any]] = []
@@ -65,24 +88,43 @@ def read_log(path: str | Path) -> LogContents:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise InputError(f"trial log {str(p)!r} line {lineno} is not valid JSON ({e.msg}); "
+            rec = json.loads(line)
+        except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+            raise InputError(f"trial log {str(p)!r} line {lineno} is not valid JSON ({getattr(e, 'msg', e)}); "
                              "the log is corrupt beyond a torn last line") from None
+        if (problem := _problem(rec)) is not None:
+            raise InputError(f"trial log {str(p)!r} line {lineno} is {problem}; fix or remove that line")
+        records.append(rec)
     if tail.strip():
         try:  # a complete record that merely lacks its newline is still a record
-            records.append(json.loads(tail))
-            tail = b""
-        except json.JSONDecodeError:
+            rec = json.loads(tail)
+        except ValueError:
             pass
+        else:
+            if _problem(rec) is None:
+                records.append(rec)
+                tail = b""
     if not records or records[0].get("kind") != "study":
         raise InputError(f"trial log {str(p)!r} has no study header on its first line")
     header = dict(records[0])
     for r in records[1:]:
-        if r.get("kind") == "extend":
+        if r.get("kind") == "extend" and isinstance(r.get("budget"), int):
             header["budget"] = r["budget"]
     trials = [r for r in records[1:] if r.get("kind") == "trial"]
     return LogContents(header, trials, tail)
+
+
+def holds_no_record(path: str | Path) -> bool:
+    """An empty log, or one whose only bytes are a header cut short (the run was killed while writing it): there
+    is nothing to resume, and a fresh start keeps those bytes in ``.torn``."""
+    data = Path(path).read_bytes()
+    if b"\n" in data:
+        return False
+    try:
+        json.loads(data)
+    except ValueError:
+        return True
+    return not data.strip()
 
 
 def is_trial_log(path: str | Path) -> bool:
@@ -102,7 +144,7 @@ def exclusive(path: str | Path) -> Iterator[None]:
     lock = log.with_name(log.name + ".lock")
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         raise InputError(f"cannot write the trial log in {str(log.parent)!r}: {e.strerror}") from None
     try:
@@ -124,16 +166,20 @@ class TrialLog:
 
     def __init__(self, path: str | Path, header: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
+        for p in (self.path, self.path.with_suffix(self.path.suffix + ".torn")):
+            if p.is_symlink():  # written through, it would change a file elsewhere (another study's, say)
+                raise InputError(f"{str(p)!r} is a symbolic link; the trial log and its .torn must be plain files "
+                                 "(pass --out the real folder)")
         try:  # fail before a trial runs, not after it (its record would have nowhere to go)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             open(self.path, "ab").close()
         except OSError as e:
             raise InputError(f"cannot write the trial log {str(self.path)!r}: {e.strerror}") from None
         if self.path.stat().st_size > 0:
-            self._repair_tail()
-        elif header is None:
-            raise InputError(f"trial log {str(self.path)!r} does not exist and no study header was given")
-        else:
+            self._repair_tail()  # a header cut short leaves the file empty: it is written afresh below
+        if self.path.stat().st_size == 0:
+            if header is None:
+                raise InputError(f"trial log {str(self.path)!r} does not exist and no study header was given")
             self._append({"kind": "study", "schema": SCHEMA_VERSION, **header})
 
     def _repair_tail(self) -> None:

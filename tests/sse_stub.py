@@ -33,9 +33,12 @@ def _token_chunk(i: int, last: bool, chat: bool) -> bytes:
 
 class SSEStub:
     def __init__(self, token_interval_s: float = 0.0, ttft_s: float = 0.0, fail_status: int | None = None,
-                 health: bool = True) -> None:
+                 health: bool = True, hang_after: int | None = None, endless: bool = False) -> None:
+        """``hang_after``: completion requests after that many are never answered (a hung engine);
+        ``endless``: streams ignore ``max_tokens`` and never end (a broken server)."""
         self.token_interval_s, self.ttft_s, self.fail_status = token_interval_s, ttft_s, fail_status
-        self.health = health
+        self.health, self.hang_after, self.endless = health, hang_after, endless
+        self.completions = 0
         self.port = 0
         self.requests = 0
         self.in_flight = self.max_in_flight = 0  # concurrent completion streams
@@ -68,7 +71,10 @@ class SSEStub:
                     continue
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                              b"transfer-encoding: chunked\r\n\r\n")
-                n = int(body.get("max_tokens", 16))
+                self.completions += 1
+                if self.hang_after is not None and self.completions > self.hang_after:
+                    await asyncio.sleep(3600)
+                n = 1 << 40 if self.endless else int(body.get("max_tokens", 16))
                 chat = head.split(b" ")[1] == b"/v1/chat/completions"
                 self.last_body = body
                 await asyncio.sleep(self.ttft_s)

@@ -1,7 +1,8 @@
 """Stopping ``sloguard tune --backend vllm`` against REAL vLLM (the CPU build) at start-up, under load and during
-teardown, with SIGINT, SIGTERM and SIGHUP: the server's whole process tree is gone within 10 s, the exit
-code is 128 + the signal, the user is told how to continue, nothing partial is logged, and ``--resume``
-then proposes exactly what an uninterrupted study would have.
+teardown, with SIGINT, SIGTERM (also with two load-generator processes) and SIGHUP: the server's whole process
+tree is gone within 10 s, the exit code is 128 + the signal, the user is told how to continue, nothing partial
+is logged, and ``--resume`` then proposes exactly what an uninterrupted study would have. SIGKILL leaves the
+server up, and the next run reaps it before it launches anything.
 
 Before the fix every one of these but SIGINT under load left ``vllm serve`` running, re-parented to PID 1.
 """
@@ -61,19 +62,28 @@ MOMENTS: dict[str, Callable[[str], bool]] = {
 }
 
 
-def _interrupt(env: dict[str, str], cwd: Path, out: Path, sig: signal.Signals, moment: str) -> None:
+def _interrupt(env: dict[str, str], cwd: Path, out: Path, sig: signal.Signals, moment: str,
+               extra: tuple[str, ...] = (), orphan: int | None = None) -> int:
+    """One run of the study stopped by ``sig`` at ``moment``; returns the server's process group. ``orphan``: the
+    group a SIGKILLed run left behind, which this run must reap before it launches anything."""
     for old in (out / "server_logs").rglob("*.log") if (out / "server_logs").exists() else []:
         old.rename(old.with_suffix(".old"))
-    proc = subprocess.Popen([sys.executable, "-m", "sloguard_lib.cli", *TUNE, "--out", str(out), "--resume"],
+    proc = subprocess.Popen([sys.executable, "-m", "sloguard_lib.cli", *TUNE, "--out", str(out), "--resume", *extra],
                             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: _server_log(out) is not None and _server_log(out).with_suffix(".pid").exists(),  # type: ignore[union-attr]
                   300, "the server to start")
+        if orphan is not None:
+            assert _group_gone(orphan), "the next run launched a server before reaping the SIGKILLed run's"
         log = _server_log(out)
         assert log is not None
         pgid = int(log.with_suffix(".pid").read_text().split()[0])
         _wait_for(lambda: MOMENTS[moment](log.read_text(errors="replace")), 600, f"the {moment} moment")
         proc.send_signal(sig)
+        if sig == signal.SIGKILL:  # nothing of ours runs: the server stays up until the next run reaps it
+            proc.wait(timeout=30)
+            assert not _group_gone(pgid) and log.with_suffix(".pid").exists()
+            return pgid
         stopped_at = time.monotonic()
         _wait_for(lambda: _group_gone(pgid), 10, f"the server's process group {pgid} to be gone after {sig.name}")
         assert time.monotonic() - stopped_at < 10
@@ -88,16 +98,20 @@ def _interrupt(env: dict[str, str], cwd: Path, out: Path, sig: signal.Signals, m
     assert proc.returncode == 128 + sig, (moment, sig.name, proc.returncode, err[-2000:])
     assert "interrupted:" in err and "--resume" in err and "Traceback" not in err, err[-2000:]
     assert not log.with_suffix(".pid").exists()
+    return pgid
 
 
 def test_signals_at_startup_load_and_teardown_leave_nothing_and_resume_exactly(
         vllm_env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "runs"
-    steps = [(signal.SIGINT, "startup"), (signal.SIGTERM, "startup"), (signal.SIGHUP, "startup"),
-             (signal.SIGINT, "load"), (signal.SIGTERM, "load"), (signal.SIGINT, "teardown"),
-             (signal.SIGTERM, "teardown")]
-    for sig, moment in steps:
-        _interrupt(vllm_env, tmp_path, out, sig, moment)
+    steps: list[tuple[signal.Signals, str, tuple[str, ...]]] = [
+        (signal.SIGINT, "startup", ()), (signal.SIGTERM, "startup", ()), (signal.SIGHUP, "startup", ()),
+        (signal.SIGINT, "load", ()), (signal.SIGTERM, "load", ("--load-procs", "2")), (signal.SIGKILL, "load", ()),
+        (signal.SIGINT, "teardown", ()), (signal.SIGTERM, "teardown", ())]
+    orphan = None
+    for sig, moment, extra in steps:
+        pgid = _interrupt(vllm_env, tmp_path, out, sig, moment, extra, orphan)
+        orphan = pgid if sig == signal.SIGKILL else None
         log = next(out.glob("*.jsonl"))
         lines = [json.loads(x) for x in log.read_text().splitlines()]
         trials = [r for r in lines if r["kind"] == "trial"]

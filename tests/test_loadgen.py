@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from sloguard_lib.loadgen import LoadTarget, is_token_event, run_load
@@ -78,3 +80,27 @@ def test_chat_endpoint_streams_exact_token_counts() -> None:
 ])
 def test_token_events_are_recognised_without_json(payload: bytes, api: str, token: bool) -> None:
     assert is_token_event(payload, api) is token
+
+
+@pytest.mark.parametrize(("warmup", "hang_after"), [(0, 2), (1, 0)])
+def test_the_first_stall_ends_the_load(warmup: int, hang_after: int) -> None:
+    """A hung engine stalls every stream: waiting each one out cost a stall timeout per round and per warm-up
+    (issue #24 F6: ~540 s per hung trial with the default 60 s). Here 3 rounds of 0.3 s before the fix."""
+    with SSEStub(hang_after=hang_after).running() as stub:
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, stall_timeout_s=0.3)
+        t0 = time.perf_counter()
+        load = run_load(target, Workload(concurrency=2, num_requests=8, output_len=4, warmup=warmup))
+        took = time.perf_counter() - t0
+    assert took < 0.3 * 2.5, took  # one stall timeout, not one per round
+    ok = [r for r in load.requests if r.ok]
+    assert len(ok) == hang_after and all(r.output_tokens == 4 for r in ok)
+    assert all((r.error or "").startswith("stall") for r in load.requests if not r.ok)
+    assert sum("no byte for" in (r.error or "") for r in load.requests) == (2 if not warmup else 8)
+
+
+@pytest.mark.parametrize("http", ["httpx", "aiohttp"])
+def test_an_endless_stream_is_cut(http: str) -> None:
+    with SSEStub(endless=True).running() as stub:
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, http=http)
+        load = run_load(target, Workload(concurrency=2, num_requests=2, output_len=8, warmup=0))
+    assert all(not r.ok and r.error == "overrun: more than 32 token events" for r in load.requests)

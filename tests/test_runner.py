@@ -176,3 +176,14 @@ def test_incumbent_averages_a_config_measured_twice() -> None:
     assert (again["config"], again["utility"], again["measurements"]) == ({"max_num_seqs": 2}, 100.0, 3)
     assert again["mean_utility"] == pytest.approx(260 / 3)
     assert incumbent([t(4, "crash", None), t(5, "slo_violation", 9.0)]) is None
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_header_cut_short_starts_the_study_afresh(tmp_path: Path, resume: bool) -> None:
+    """Issue #24 F9: killed while writing its header, a study was refused with and without --resume."""
+    path = log_path_for(tmp_path, spec(budget=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b'{"kind":"study","schema":1,"study_id":"qwen2')
+    result = run_study(spec(budget=2), tmp_path, resume=resume)
+    assert [t["trial"] for t in result.trials] == [0, 1]
+    assert path.with_suffix(".jsonl.torn").read_bytes() == b'{"kind":"study","schema":1,"study_id":"qwen2\n'

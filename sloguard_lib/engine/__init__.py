@@ -13,14 +13,15 @@ from .sim import SimEngine
 from .vllm import VllmEngine
 
 #: (model, gpu, backend options) -> engine; each backend reads only the options it knows (``data`` for replay,
-#: ``load_procs``, ``launcher`` and ``log_dir`` for vllm)
+#: ``load_procs``, ``launcher``, ``log_dir`` and the ``*_timeout_s`` for vllm)
 EngineFactory = Callable[[ModelShape, GpuProfile, Mapping[str, Any]], Engine]
 
 BACKENDS: dict[str, EngineFactory] = {
     "sim": lambda model, gpu, opts: SimEngine(model, gpu),
-    "vllm": lambda model, gpu, opts: VllmEngine(model, gpu, load_procs=opts.get("load_procs", 1),
-                                                log_dir=opts.get("log_dir", "results/server_logs"),
-                                                launcher=opts.get("launcher", "warm")),
+    "vllm": lambda model, gpu, opts: VllmEngine(
+        model, gpu, load_procs=opts.get("load_procs", 1), log_dir=opts.get("log_dir", "results/server_logs"),
+        launcher=opts.get("launcher", "warm"), startup_timeout_s=opts.get("startup_timeout_s", 900.0),
+        stall_timeout_s=opts.get("stall_timeout_s", 60.0), load_timeout_s=opts.get("load_timeout_s", 1800.0)),
     "replay": lambda model, gpu, opts: ReplayEngine(model, gpu, opts.get("data")),
 }
 

@@ -125,13 +125,14 @@ class VllmEngine:
     def __init__(self, model: ModelShape, gpu: GpuProfile, *, log_dir: str | Path = "results/server_logs",
                  vllm_cmd: list[str] | None = None, startup_timeout_s: float = 900.0,
                  extra_args: list[str] | None = None, stall_timeout_s: float = 60.0, load_procs: int = 1,
-                 launcher: Launcher = "warm") -> None:
+                 launcher: Launcher = "warm", load_timeout_s: float = 1800.0) -> None:
         # ``gpu`` is the card this runs on (the CLI detects it; "cpu" for the CPU build): the profile only
         # bounds SLOs and names records, vLLM itself measures what is there
         self.model, self.gpu = model, gpu
         self.log_dir = Path(log_dir)
         self.vllm_cmd = vllm_cmd or default_launcher()
         self.startup_timeout_s, self.stall_timeout_s = startup_timeout_s, stall_timeout_s
+        self.load_timeout_s = load_timeout_s
         self.extra_args = extra_args or []
         self.load_procs = load_procs
         if launcher not in LAUNCHERS:
@@ -224,7 +225,8 @@ class VllmEngine:
                 e.phases = server.clock.phases()
             raise
         server.target = LoadTarget(f"http://127.0.0.1:{port}", SERVED_NAME, self.model.vocab_size,
-                                   stall_timeout_s=self.stall_timeout_s, processes=self.load_procs)
+                                   stall_timeout_s=self.stall_timeout_s, load_timeout_s=self.load_timeout_s,
+                                   processes=self.load_procs)
         server.info.extra["client"] = client_name(server.target)
         return server
 
