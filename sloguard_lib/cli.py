@@ -27,7 +27,7 @@ from .errors import InputError, yaml_problem
 from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
 from .interrupts import Interrupted, interrupts_raise
 from .optimizers import OPTIMIZERS
-from .runner import StudyResult, StudySpec, default_space, log_path_for, run_study, server_log_dir
+from .runner import MAX_SEED, StudyResult, StudySpec, default_space, log_path_for, run_study, server_log_dir
 from .slo import SLO
 from .space import BOOL_KNOBS, NUMERIC_KNOBS, SearchSpace, build_serving_space, load_space_file, parse_range_override
 from .trial import evaluate, trial_seed
@@ -172,6 +172,8 @@ def _configs(text: str) -> list[dict[str, Any]]:
             raise InputError(f"--enqueue {text!r}: no such file (or pass an inline JSON object)")
         try:
             data = yaml.safe_load(path.read_text())
+        except UnicodeDecodeError:
+            raise InputError(f"--enqueue file {text!r} is not text (UTF-8)") from None
         except yaml.YAMLError as e:
             raise InputError(f"--enqueue file {text!r} is not valid YAML/JSON: {yaml_problem(e)}") from None
     configs = data if isinstance(data, list) else [data]
@@ -250,7 +252,7 @@ def _print_summary(result: StudyResult, console: Console) -> None:
         table.add_row("best config", "none met the SLO")
         miss = _closest_miss(result.trials)
         if miss is not None:
-            usage = miss.get("slo_usage") or {}
+            usage = {k: u for k, u in (miss.get("slo_usage") or {}).items() if u is not None}  # null: no request
             binding = max(usage, key=lambda k: usage[k]) if usage else None
             table.add_row("closest miss", f"trial {miss['trial']}: {json.dumps(miss['config'])}")
             if binding:
@@ -273,7 +275,10 @@ def _print_summary(result: StudyResult, console: Console) -> None:
 def _closest_miss(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The SLO miss whose worst SLO was the least exceeded (``slo_usage``: measured / limit per SLO)."""
     misses = [t for t in trials if t["status"] == "slo_violation" and t.get("slo_usage")]
-    return min(misses, key=lambda t: max(t["slo_usage"].values()), default=None)
+    def worst(t: dict[str, Any]) -> float:  # null usage: no request finished to measure it
+        return max((u for u in t["slo_usage"].values() if u is not None), default=math.inf)
+
+    return min(misses, key=worst, default=None)
 
 
 def _bench_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -295,6 +300,8 @@ def _bench_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    if not 0 <= args.seed <= MAX_SEED:
+        raise InputError(f"--seed must be 0..{MAX_SEED}, got {args.seed}")
     backend, gpu = placement(args.backend, args.gpu)
     config = _bench_config(args)
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), _engine_options(args))
@@ -363,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands[args.command](args, console)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as e:  # a path given on the command line that the system refuses (too long, a folder, ...)
+        print(f"error: {e.filename!r}: {e.strerror or e}" if e.filename else f"error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt as e:  # servers were closed on the way out; tune said how to resume
         return e.exit_code if isinstance(e, Interrupted) else 128 + 2

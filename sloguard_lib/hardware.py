@@ -9,6 +9,7 @@ overrides win over both, so users with unlisted hardware or models are never stu
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -139,6 +140,8 @@ def detect_gpu_profile(name: str | None = None) -> GpuProfile | None:
     return None
 
 
+#: a Hugging Face config.json is a few KB; anything this large is not one
+MAX_CONFIG_BYTES = 1 << 20
 #: bytes per weight parameter of linear layers, per ``quantization`` choice (embeddings stay 16-bit).
 WEIGHT_BYTES = {"fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "awq": 0.5 + 1 / 32, "gptq": 0.5 + 1 / 32}
 
@@ -164,31 +167,47 @@ class ModelShape:
     @classmethod
     def from_config(cls, path: Path, name: str | None = None) -> ModelShape:
         cfg_path = path / "config.json" if path.is_dir() else path
+        if not cfg_path.is_file():  # a device such as /dev/zero would be read forever
+            raise InputError(f"model {str(path)!r}: {str(cfg_path)!r} is not a file (a model is a folder with a "
+                             "config.json, or a registry name)")
+        if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+            raise InputError(f"model config {str(cfg_path)!r} is {cfg_path.stat().st_size} bytes: not a config.json")
         try:
-            cfg = json.loads(cfg_path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"model folder {str(path)!r} has no config.json") from None
-        except json.JSONDecodeError as e:
+            cfg = json.loads(cfg_path.read_bytes())
+        except ValueError as e:  # not JSON, or not UTF-8
             raise InputError(f"model config {str(cfg_path)!r} is not valid JSON: {e}") from None
-        try:
-            hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-            return cls(
-                name=name or cfg_path.parent.name,
-                path=str(cfg_path.parent),
-                hidden_size=hidden,
-                intermediate_size=int(cfg["intermediate_size"]),
-                num_layers=int(cfg["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(cfg.get("num_key_value_heads", heads)),
-                head_dim=int(cfg.get("head_dim") or hidden // heads),
-                vocab_size=int(cfg["vocab_size"]),
-                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
-                dtype_bytes=4 if cfg.get("torch_dtype") == "float32" else 2,
-                qkv_bias=cfg.get("model_type") == "qwen2",
-            )
-        except KeyError as e:
-            raise InputError(f"model config {str(cfg_path)!r} lacks field {e.args[0]!r}") from None
+        if not isinstance(cfg, dict):
+            raise InputError(f"model config {str(cfg_path)!r} is a JSON {type(cfg).__name__}, not an object")
+
+        def size(key: str, default: Any = None, high: int = 1 << 30) -> int:
+            value = cfg.get(key, default)
+            if value is None and default is None:
+                raise InputError(f"model config {str(cfg_path)!r} lacks field {key!r}")
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value != int(value) or not 1 <= value <= high:
+                raise InputError(f"model config {str(cfg_path)!r}: {key} is {value!r}, not an integer in "
+                                 f"1..{high}")
+            return int(value)
+
+        hidden, heads = size("hidden_size"), size("num_attention_heads")
+        head_dim = size("head_dim") if cfg.get("head_dim") else hidden // heads
+        if head_dim < 1:
+            raise InputError(f"model config {str(cfg_path)!r}: hidden_size {hidden} < num_attention_heads {heads}")
+        return cls(
+            name=name or cfg_path.parent.name,
+            path=str(cfg_path.parent),
+            hidden_size=hidden,
+            intermediate_size=size("intermediate_size"),
+            num_layers=size("num_hidden_layers", high=10_000),
+            num_heads=heads,
+            num_kv_heads=size("num_key_value_heads", heads),
+            head_dim=head_dim,
+            vocab_size=size("vocab_size"),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=size("max_position_embeddings", 4096),
+            dtype_bytes=4 if cfg.get("torch_dtype") == "float32" else 2,
+            qkv_bias=cfg.get("model_type") == "qwen2",
+        )
 
     @cached_property
     def linear_params(self) -> int:

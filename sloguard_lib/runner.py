@@ -52,10 +52,10 @@ class StudySpec:
     enqueue: tuple[Config, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.budget < 1:
-            raise InputError(f"budget must be >= 1 trial, got {self.budget}")
-        if self.seed < 0:
-            raise InputError(f"seed must be >= 0, got {self.seed}")
+        if not 1 <= self.budget <= MAX_BUDGET:
+            raise InputError(f"budget must be 1..{MAX_BUDGET} trials, got {self.budget}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed must be 0..{MAX_SEED} (the samplers' seed range), got {self.seed}")
         if self.space is None:
             self.space = default_space(self.model, self.gpu, self.workload)
         for i, params in enumerate(self.enqueue):
@@ -77,6 +77,12 @@ class StudySpec:
             "sloguard_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+
+
+#: a real trial costs ~35 s, a sim trial ~0.1 s: 100,000 trials is days of GPU time, and a typo beyond it would
+#: otherwise run until killed
+MAX_BUDGET = 100_000
+MAX_SEED = 2**32 - 1
 
 
 def default_space(model: str, gpu: str, workload: Workload | None = None) -> SearchSpace:

@@ -253,8 +253,11 @@ class SearchSpace:
 
 
 def _number(knob: str, field_name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"knob {knob!r}: {field_name} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"knob {knob!r}: {field_name} must be a finite number, got {value!r}")
+    lo, hi = DOMAINS.get(knob, (-math.inf, math.inf))
+    if not lo <= value <= hi:
+        raise InputError(f"knob {knob!r}: {field_name} {value} is outside what vLLM accepts ({lo}..{hi})")
     return value
 
 
@@ -266,6 +269,11 @@ def _describe(k: Knob) -> str:
     return f"[{k.low}, {k.high}]"
 
 
+#: the values vLLM itself accepts (gpu_memory_utilization is a fraction in (0, 1]; the counts are positive), with
+#: bounds far above any real GPU's so that a typo (1e8) is refused here instead of failing trials
+DOMAINS: dict[str, tuple[float, float]] = {
+    "max_num_seqs": (1, 1_000_000), "max_num_batched_tokens": (1, 100_000_000),
+    "gpu_memory_utilization": (0.001, 1.0), "max_model_len": (1, 100_000_000)}
 #: the knobs vLLM takes as ``--name VALUE`` and as ``--name`` / ``--no-name`` (enforce_eager: only ``--name``)
 NUMERIC_KNOBS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "max_model_len")
 BOOL_KNOBS = ("enforce_eager", "enable_chunked_prefill", "enable_prefix_caching")
@@ -350,10 +358,14 @@ def parse_range_override(text: str) -> tuple[str, dict[str, Any]]:
 def load_space_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a YAML file of knob overrides (``{knob: {low:, high:}|{choices: [...]}}``)."""
     p = Path(path)
+    if p.exists() and not p.is_file():  # a folder, or a device such as /dev/zero that would be read forever
+        raise InputError(f"space file {str(p)!r} is not a file")
     try:
         data = yaml.safe_load(p.read_text())
     except FileNotFoundError:
         raise InputError(f"space file {str(p)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise InputError(f"space file {str(p)!r} is not text (UTF-8)") from None
     except yaml.YAMLError as e:
         raise InputError(f"space file {str(p)!r} is not valid YAML: {yaml_problem(e)}") from None
     if data is None:

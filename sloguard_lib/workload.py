@@ -24,6 +24,10 @@ LenDist = Literal["fixed", "uniform", "lognormal"]
 Api = Literal["completions", "chat"]
 
 
+#: bounds that keep a typo from allocating terabytes (10**12 requests did) or waiting forever
+MAX_COUNT = 1_000_000
+MAX_TOKENS = 10_000_000
+
 @dataclass(frozen=True)
 class Request:
     index: int
@@ -61,16 +65,16 @@ class Workload:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.concurrency >= 1, "concurrency must be >= 1"),
-            (self.rate > 0, "rate must be > 0 (use inf for closed loop)"),
-            (self.num_requests >= 1, "num_requests must be >= 1"),
-            (self.input_len >= 1, "input_len must be >= 1"),
-            (self.output_len >= 1, "output_len must be >= 1"),
+            (1 <= self.concurrency <= MAX_COUNT, f"concurrency must be 1..{MAX_COUNT}"),
+            (self.rate >= 1e-3, "rate must be >= 0.001 requests/s (use inf for closed loop)"),
+            (1 <= self.num_requests <= MAX_COUNT, f"num_requests must be 1..{MAX_COUNT}"),
+            (1 <= self.input_len <= MAX_TOKENS, f"input_len must be 1..{MAX_TOKENS}"),
+            (1 <= self.output_len <= MAX_TOKENS, f"output_len must be 1..{MAX_TOKENS}"),
             (self.len_dist in ("fixed", "uniform", "lognormal"), "len_dist must be fixed, uniform or lognormal"),
             (0 <= self.len_spread <= 2, "len_spread must be in [0, 2]"),
             (0 <= self.shared_prefix < 1, "shared_prefix must be in [0, 1)"),
-            (self.warmup >= 0, "warmup must be >= 0"),
-            (self.repeats >= 1, "repeats must be >= 1"),
+            (0 <= self.warmup <= MAX_COUNT, f"warmup must be 0..{MAX_COUNT}"),
+            (1 <= self.repeats <= 1000, "repeats must be 1..1000"),
             (self.api in ("completions", "chat"), "api must be completions or chat"),
         ]
         for ok, msg in checks:

@@ -46,9 +46,9 @@ def test_tune_prints_best_config(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (["--slo-ttft-p99", "-5"], "ttft_p99_ms=-5"),
     (["--slo-itl-p99", "0.01"], "itl_p99_ms=0.01 is impossible"),
     (["--workload", "concurency=4"], "unknown field 'concurency'"),
-    (["--workload", "repeats=0"], "repeats must be >= 1"),
+    (["--workload", "repeats=0"], "repeats must be 1..1000"),
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
-    (["--budget", "0"], "budget must be >= 1"),
+    (["--budget", "0"], "budget must be 1..100000"),
     (["--load-procs", "0"], "--load-procs must be >= 1"),
 ])
 def test_bad_input_is_named_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],

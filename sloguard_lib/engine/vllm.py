@@ -69,7 +69,9 @@ LAUNCHERS: tuple[Launcher, ...] = ("warm", "plain")
 
 
 def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]:
-    """Everything after the launcher (``vllm serve`` or ``python -m ...api_server --model``): model first."""
+    """Everything after the launcher (``vllm serve`` or ``python -m ...api_server --model``): model first, as an
+    absolute path (a folder named ``--trust-remote-code`` must not reach vLLM as that flag)."""
+    model_dir = str(Path(model_dir).absolute())
     args = [model_dir, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_NAME,
             "--seed", str(seed)]
     if not any(Path(model_dir).glob("*.safetensors")):  # config-only folder: random weights

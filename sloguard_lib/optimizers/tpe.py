@@ -48,8 +48,8 @@ class TPE:
     def _sampler(self, n: int) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=self.seed * 100_003 + n, n_startup_trials=self.n_startup_trials,
-                                              multivariate=True, group=True)
+            return optuna.samplers.TPESampler(seed=(self.seed * 100_003 + n) % 2**32,
+                                              n_startup_trials=self.n_startup_trials, multivariate=True, group=True)
 
     def ask(self) -> Proposal:
         self.study.sampler = self._sampler(len(self.study.trials))
