@@ -11,6 +11,7 @@ in flight is not logged, and ``--resume`` runs it again.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -178,7 +179,12 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
                "engine_version": rec.get("engine_version") or engine.describe()["engine_version"],
                "gpu": spec.gpu, "model": spec.model, "git_commit": header["git_commit"],
                "finished": datetime.now(UTC).isoformat(timespec="seconds")}
-        log.append_trial(rec)  # durable before the optimizer learns of it
+        try:
+            log.append_trial(rec)  # durable before the optimizer learns of it
+        except OSError as e:  # disk full, read-only remount: stop, and hand the measured record to the user
+            raise InputError(f"cannot append trial {n} to {str(path)!r}: {e.strerror or e}; the {n} trials before "
+                             f"it are safe, --resume re-runs it once the log is writable. Its record: "
+                             f"{json.dumps(rec, default=str)}") from None
         optimizer.tell(proposal.params, outcome_of(rec))
         if on_trial:
             on_trial(rec)

@@ -187,3 +187,29 @@ def test_a_header_cut_short_starts_the_study_afresh(tmp_path: Path, resume: bool
     result = run_study(spec(budget=2), tmp_path, resume=resume)
     assert [t["trial"] for t in result.trials] == [0, 1]
     assert path.with_suffix(".jsonl.torn").read_bytes() == b'{"kind":"study","schema":1,"study_id":"qwen2\n'
+
+
+def test_a_full_disk_stops_the_study_with_the_record_in_the_error(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #24 F8: ENOSPC mid-study was a traceback that lost the measured trial."""
+    import errno
+
+    from sloguard_lib.trial_log import TrialLog
+
+    append = TrialLog.append_trial
+    calls = []
+
+    def full_after_one(self: TrialLog, record: dict[str, Any]) -> None:
+        calls.append(record["trial"])
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(self, record)
+
+    monkeypatch.setattr(TrialLog, "append_trial", full_after_one)
+    with pytest.raises(InputError, match=r"cannot append trial 1 .*No space left on device.*Its record: \{") as err:
+        run_study(spec(budget=3), tmp_path)
+    assert '"trial": 1' in str(err.value) and '"config": {' in str(err.value)
+    assert [t["trial"] for t in read_log(log_path_for(tmp_path, spec(budget=3))).trials] == [0]
+    monkeypatch.setattr(TrialLog, "append_trial", append)
+    resumed = run_study(spec(budget=3), tmp_path, resume=True)
+    assert [t["trial"] for t in resumed.trials] == [0, 1, 2]

@@ -186,3 +186,10 @@ def test_a_spare_exits_when_its_tuner_is_killed(tmp_path: Path) -> None:
     while group_alive(spare_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not group_alive(spare_pid)
+
+
+def test_a_model_folder_named_like_a_flag_reaches_vllm_as_a_path(tmp_path: Path) -> None:
+    """Issue #24 F13: a folder named ``--trust-remote-code`` was passed first and vLLM read it as that flag."""
+    args = vllm_args("--trust-remote-code", {}, port=1, seed=0)
+    assert args[0].startswith("/") and args[0].endswith("/--trust-remote-code")
+    assert "--trust-remote-code" not in args
