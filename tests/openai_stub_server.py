@@ -2,13 +2,14 @@
 ``/health``, ``/version``, ``/metrics`` and streaming completions on the given port. It exercises the
 launcher's process management (start, readiness, teardown, port release), not vLLM's behaviour.
 
-    python tests/openai_stub_server.py serve MODEL --port P [--fail-with TEXT] [--never-ready]
+    python tests/openai_stub_server.py serve MODEL --port P [--fail-with TEXT] [--fail-when-forked] [--never-ready]
         [--token-interval-s S] ...
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
@@ -19,6 +20,9 @@ from tests.sse_stub import SSEStub
 def main() -> None:
     args = sys.argv[1:]
     port = int(args[args.index("--port") + 1])
+    if "--fail-when-forked" in args and os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") == "fork":
+        print("RuntimeError: Engine core initialization failed (stand-in for a broken fork)", flush=True)
+        sys.exit(1)
     if "--fail-with" in args:
         print("INFO starting engine", flush=True)
         print(args[args.index("--fail-with") + 1], flush=True)

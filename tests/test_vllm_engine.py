@@ -119,11 +119,6 @@ def test_port_taken_before_the_server_binds_is_retried_on_a_fresh_port(tmp_path:
     assert "address already in use" in first_log
 
 
-def spare_processes() -> list[str]:
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout  # -ww: untruncated
-    return [line for line in out.splitlines() if "spare.py" in line and STUB[1] in line and "ps -ww" not in line]
-
-
 def test_warm_launcher_hands_each_trial_to_a_spare_and_times_its_phases(tmp_path: Path) -> None:
     eng = engine(tmp_path)
     assert eng.launcher == "warm"
@@ -135,7 +130,7 @@ def test_warm_launcher_hands_each_trial_to_a_spare_and_times_its_phases(tmp_path
         server.close()
         walls.append(time.perf_counter() - t0)
         records.append(server.info.extra)
-        assert len(spare_processes()) == 1  # the next trial's, importing while this one ran
+        assert len(eng._spare) == 1 and eng._spare[0].proc.poll() is None  # the next trial's, importing meanwhile
     assert [r["launcher"] for r in records] == ["warm", "warm"]
     for rec, wall in zip(records, walls, strict=True):
         phases = rec["phases"]
@@ -145,8 +140,9 @@ def test_warm_launcher_hands_each_trial_to_a_spare_and_times_its_phases(tmp_path
     assert records[1]["phases"]["spare_wait"] < 0.5
     log = Path(records[1]["log"]).read_text()
     assert log.startswith("$ ") and "--port" in log.splitlines()[0]
+    spare = eng._spare[0].proc.pid
     eng.close()
-    assert spare_processes() == []
+    assert not group_alive(spare)
 
 
 def test_a_dead_spare_falls_back_to_a_plain_start(tmp_path: Path) -> None:
@@ -193,3 +189,24 @@ def test_a_model_folder_named_like_a_flag_reaches_vllm_as_a_path(tmp_path: Path)
     args = vllm_args("--trust-remote-code", {}, port=1, seed=0)
     assert args[0].startswith("/") and args[0].endswith("/--trust-remote-code")
     assert "--trust-remote-code" not in args
+
+
+def test_a_warm_start_that_crashes_where_a_plain_one_starts_turns_the_warm_launcher_off(tmp_path: Path) -> None:
+    """What happened on the H100 when the spare pre-imported vLLM's GPU worker: every warm start crashed. The
+    crash is the launcher's, not the config's: the trial is started plain, and so are the ones after it."""
+    eng = engine(tmp_path, "--fail-when-forked")
+    server = eng.launch({}, trial_seed=0)
+    assert server.info.extra["launcher"].startswith("plain (a warm start crashed as unknown: RuntimeError")
+    server.close()
+    assert eng.launcher == "plain" and eng._spare == []
+    second = eng.launch({}, trial_seed=1)
+    assert second.info.extra["launcher"] == "plain"
+    second.close()
+
+
+def test_a_config_crash_that_a_plain_start_repeats_keeps_the_warm_launcher(tmp_path: Path) -> None:
+    eng = engine(tmp_path, "--fail-with", "RuntimeError: something only this config does")
+    with pytest.raises(EngineCrash, match="only this config"):
+        eng.launch({}, trial_seed=0)
+    assert eng.launcher == "warm"
+    eng.close()

@@ -65,6 +65,8 @@ CLOSE_GRACE_S = 5.0
 #: readiness poll: also the resolution of the phase clock's log stamps
 POLL_S = 0.1
 Launcher = Literal["warm", "plain"]
+#: crash classes of a start that a config alone does not explain (memory and argument errors it does)
+WARM_SUSPECT = ("unknown", "cuda_error", "killed")
 LAUNCHERS: tuple[Launcher, ...] = ("warm", "plain")
 
 
@@ -142,6 +144,7 @@ class VllmEngine:
         self.launcher = launcher
         self._n = 0
         self._spare: list[Spare] = []  # at most one, waiting for the next trial
+        self._warm_started = False  # how the last launch started
         weakref.finalize(self, _stop_spares, self._spare)  # and at interpreter exit; a SIGKILL ends it too (spare.py)
         reaper.reap(self.log_dir)  # servers of a run of this study that was SIGKILLed
 
@@ -176,11 +179,27 @@ class VllmEngine:
 
     def launch(self, config: Config, *, trial_seed: int, label: str = "") -> VllmServer:
         """Start a server; a port taken by someone else between our check and vLLM's bind is retried on a
-        fresh port (a race of the harness, not a property of the config), at most ``PORT_RETRIES`` times."""
+        fresh port (a race of the harness, not a property of the config), at most ``PORT_RETRIES`` times.
+
+        A warm start that crashes in a way no config explains by itself (``WARM_SUSPECT``) is started again the
+        plain way: if that one comes up, the warm launcher was at fault (it was, 15 times of 15, when the spare
+        pre-imported vLLM's GPU worker), so the study goes on plain and the record says why. A config crash that
+        the plain start repeats is the config's, and the warm launcher stays on."""
         for attempt in range(PORT_RETRIES + 1):
             try:
                 return self._launch(config, trial_seed, label)
             except EngineCrash as crash:
+                if self._warm_started and crash.crash_class in WARM_SUSPECT:
+                    self.launcher = "plain"
+                    _stop_spares(self._spare)
+                    try:
+                        server = self._launch(config, trial_seed, label)
+                    except EngineCrash:
+                        self.launcher = "warm"
+                        raise
+                    server.info.extra["launcher"] = (f"plain (a warm start crashed as {crash.crash_class}: "
+                                                     f"{crash.message[:200]}; warm launcher off from here)")
+                    return server
                 if PORT_TAKEN not in crash.log_excerpt.lower() or attempt == PORT_RETRIES:
                     raise
         raise AssertionError("unreachable")
@@ -211,6 +230,7 @@ class VllmEngine:
         except FileNotFoundError:
             log.close()
             raise InputError(f"cannot start vLLM: {self.vllm_cmd[0]!r} not found; install vllm") from None
+        self._warm_started = how == "warm"
         if how == "warm":
             clock.stamp("spare_wait")
         server = VllmServer(proc, port, log, log_path, clock)
