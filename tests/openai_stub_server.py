@@ -3,6 +3,7 @@
 launcher's process management (start, readiness, teardown, port release), not vLLM's behaviour.
 
     python tests/openai_stub_server.py serve MODEL --port P [--fail-with TEXT] [--fail-when-forked] [--never-ready]
+        [--version-json TEXT]
         [--token-interval-s S] ...
 """
 
@@ -28,7 +29,8 @@ def main() -> None:
         print(args[args.index("--fail-with") + 1], flush=True)
         sys.exit(1)
     interval = float(args[args.index("--token-interval-s") + 1]) if "--token-interval-s" in args else 0.001
-    stub = SSEStub(token_interval_s=interval, health="--never-ready" not in args)
+    stub = SSEStub(token_interval_s=interval, health="--never-ready" not in args,
+                   version=args[args.index("--version-json") + 1].encode() if "--version-json" in args else None)
     asyncio.run(stub.serve_forever(port))
 
 

@@ -33,11 +33,13 @@ def _token_chunk(i: int, last: bool, chat: bool) -> bytes:
 
 class SSEStub:
     def __init__(self, token_interval_s: float = 0.0, ttft_s: float = 0.0, fail_status: int | None = None,
-                 health: bool = True, hang_after: int | None = None, endless: bool = False) -> None:
+                 health: bool = True, hang_after: int | None = None, endless: bool = False,
+                 version: bytes | None = None) -> None:
         """``hang_after``: completion requests after that many are never answered (a hung engine);
         ``endless``: streams ignore ``max_tokens`` and never end (a broken server)."""
         self.token_interval_s, self.ttft_s, self.fail_status = token_interval_s, ttft_s, fail_status
         self.health, self.hang_after, self.endless = health, hang_after, endless
+        self.version = version or b'{"version": "stub"}'
         self.completions = 0
         self.port = 0
         self.requests = 0
@@ -56,7 +58,7 @@ class SSEStub:
                 self.requests += 1
                 if head.startswith(b"GET "):
                     path = head.split(b" ")[1]
-                    body_out = {b"/version": b'{"version": "stub"}',
+                    body_out = {b"/version": self.version,
                                 b"/metrics": b'vllm:cache_config_info{block_size="16",num_gpu_blocks="1000"} 1.0\n'
                                              b"vllm:num_preemptions_total 0.0\n"}.get(path, b"")
                     status = b"200 OK" if (path != b"/health" or self.health) else b"503 Unavailable"

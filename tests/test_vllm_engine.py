@@ -210,3 +210,13 @@ def test_a_config_crash_that_a_plain_start_repeats_keeps_the_warm_launcher(tmp_p
         eng.launch({}, trial_seed=0)
     assert eng.launcher == "warm"
     eng.close()
+
+
+@pytest.mark.parametrize("answer", ["{}", "[]", "null", '{"version": null}'])
+def test_a_server_with_an_odd_version_answer_still_serves(tmp_path: Path, answer: str) -> None:
+    """Issue #24 F5: ``/version`` answering ``{}`` aborted the study with a KeyError and left the server running."""
+    server = engine(tmp_path, "--version-json", answer).launch({}, trial_seed=0)
+    assert server.info.engine_version.startswith("vllm-")
+    assert server.run_load(Workload(concurrency=1, num_requests=1, input_len=8, output_len=4)).requests[0].ok
+    server.close()
+    assert not port_in_use(server.port)
