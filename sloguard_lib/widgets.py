@@ -16,6 +16,7 @@ from typing import Any
 import ipywidgets as w
 
 from .errors import InputError
+from .report import STATUS_COLOURS, STATUS_MARKERS
 from .trial_log import is_trial_log, read_log
 
 STATUSES = ("all", "ok", "slo_violation", "crash", "error")
@@ -30,7 +31,9 @@ class TrialInspector:
             raise InputError(f"no trial logs with trials under {str(results_dir)!r}")
         self.study = w.Dropdown(options=list(self.logs), description="study", layout=w.Layout(width="95%"))
         self.status = w.Dropdown(options=STATUSES, value="all", description="status")
-        self.trial = w.Select(description="trial", rows=10)
+        # a fixed width: filtered down to a few short labels, the list otherwise shrank to a sliver (seen in the
+        # browser test's screenshots, tests/test_browser.py)
+        self.trial = w.Select(description="trial", rows=10, layout=w.Layout(width="230px", flex="0 0 auto"))
         self.detail = w.HTML()
         knobs = self._knobs()
         self.x = w.Dropdown(options=knobs, value=_pick(knobs, "gpu_memory_utilization"), description="x")
@@ -86,22 +89,28 @@ class TrialInspector:
 
     def _draw(self) -> None:
         import matplotlib.pyplot as plt
+        from matplotlib.colors import Normalize
 
         self.plot.clear_output(wait=True)
         with self.plot:
             fig, ax = plt.subplots(figsize=(6, 3.6))
-            ok = [t for t in self.trials if t["status"] != "crash" and self.x.value in t["config"]
-                  and self.y.value in t["config"]]
-            bad = [t for t in self.trials if t["status"] == "crash" and self.x.value in t["config"]
-                   and self.y.value in t["config"]]
-            if ok:
-                sc = ax.scatter([t["config"][self.x.value] for t in ok], [t["config"][self.y.value] for t in ok],
-                                c=[(t.get("metrics") or {}).get("goodput_tok_s") or 0 for t in ok], cmap="viridis")
+            shown = [t for t in self.trials if self.x.value in t["config"] and self.y.value in t["config"]]
+            goodput = [(t.get("metrics") or {}).get("goodput_tok_s") or 0 for t in shown]
+            norm = Normalize(0, max(goodput, default=0) or 1)
+            for status, marker in STATUS_MARKERS.items():  # the report's markers: one legend for both
+                group = [(t, g) for t, g in zip(shown, goodput, strict=True) if t["status"] == status]
+                if not group:
+                    continue
+                xs, ys = [t["config"][self.x.value] for t, _ in group], [t["config"][self.y.value] for t, _ in group]
+                if status in ("crash", "error"):
+                    ax.scatter(xs, ys, marker=marker, color=STATUS_COLOURS[status], label=f"{status} ({len(group)})")
+                else:
+                    sc = ax.scatter(xs, ys, marker=marker, c=[g for _, g in group], cmap="viridis", norm=norm,
+                                    edgecolors="black", linewidths=0.4, label=f"{status} ({len(group)})")
+            if any(t["status"] in ("ok", "slo_violation") for t in shown):
                 fig.colorbar(sc, ax=ax, label="goodput (tok/s)")
-            if bad:
-                ax.scatter([t["config"][self.x.value] for t in bad], [t["config"][self.y.value] for t in bad],
-                           marker="x", color="red", label="crash")
-                ax.legend(loc="best")
+            if shown:
+                ax.legend(loc="best", fontsize=8)
             ax.set(xlabel=self.x.value, ylabel=self.y.value, title="trials of this study")
             plt.show()
 
