@@ -3,12 +3,16 @@
 Why: on the H100 a plain ``vllm serve`` spends ~24 s importing the API server and ~26 s more until the
 engine-core process (started by ``spawn``, so it imports everything again) is up, of a 75-110 s start
 (results/h100/README.md). None of that depends on the trial's flags. The spare is started right after a trial's
-server, imports the launcher's module and the engine-core modules, writes ``ready`` and blocks on stdin; the
+server, imports the launcher's module and what it imports lazily, writes ``ready`` and blocks on stdin; the
 next trial sends its argv and log path, and the spare *becomes* that server: it points its stdout/stderr at the
 trial's log and runs the launcher module as ``__main__`` (what ``python -m`` does). The server therefore is a
 fresh process launched with the trial's exact flags; it only skips re-reading modules. With
 ``VLLM_WORKER_MULTIPROC_METHOD=fork`` (vLLM's library default; its CLI sets ``spawn`` only when the variable is
-unset) the engine core is forked from it and inherits the imports too.
+unset) the engine core is forked from it and inherits the imports too. Nothing of the engine core's own is
+pre-imported: on the H100, pre-importing vLLM's GPU worker and model runner before the fork broke the forked
+engine core's Triton and Inductor autotuning ("Pointer argument cannot be accessed from Triton (cpu tensor?)",
+"'_EventPlaceholder' object has no attribute 'elapsed_time'": 15 of 15 starts failed), while a parent that
+imported only the API server is what vLLM's own library mode forks.
 
 Robustness: a spare that dies or fails to import before ``ready`` is an infrastructure fault; the launcher then
 starts the trial the plain way and records why. A spare whose parent dies (even by SIGKILL) exits at once: a
@@ -32,11 +36,6 @@ from pathlib import Path
 
 READY = b"ready\n"
 TAKEN = b"taken\n"  # the spare read the trial: from here on it is the server, and its fate is the trial's
-#: imported by the spare after the launcher's own module. None: on the H100, pre-importing vLLM's GPU worker and
-#: model runner before the fork broke the forked engine core's Triton and Inductor autotuning ("Pointer argument
-#: cannot be accessed from Triton (cpu tensor?)", "'_EventPlaceholder' object has no attribute 'elapsed_time'":
-#: 15 of 15 starts failed), while a parent that imported only the API server is what vLLM's own library mode forks.
-ENGINE_CORE_MODULES: tuple[str, ...] = ()
 #: what a launcher module imports only when it runs (``vllm serve``'s ``main()`` imports its subcommands lazily:
 #: without these the warm start still spent 8-14 s importing after the hand-off on the H100)
 LAZY_IMPORTS: dict[str, tuple[str, ...]] = {
@@ -67,7 +66,7 @@ class Spare:
 
     def __init__(self, python: str, target: str, env: dict[str, str], log_path: Path) -> None:
         self.target, self.env, self.log_path = target, env, log_path
-        preimports = (*LAZY_IMPORTS.get(target, ()), *ENGINE_CORE_MODULES) if not target.endswith(".py") else ()
+        preimports = LAZY_IMPORTS.get(target, ())
         self._stderr = open(log_path, "wb")  # noqa: SIM115 - closed in take() / stop()
         self.proc = subprocess.Popen([python, __file__, target, *preimports], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env, start_new_session=True)

@@ -230,18 +230,29 @@ class VllmEngine:
         except FileNotFoundError:
             log.close()
             raise InputError(f"cannot start vLLM: {self.vllm_cmd[0]!r} not found; install vllm") from None
-        self._warm_started = how == "warm"
-        if how == "warm":
-            clock.stamp("spare_wait")
-        server = VllmServer(proc, port, log, log_path, clock)
-        self._prepare_spare(env)  # the next trial's, importing while this server starts
+        server: VllmServer | None = None
         try:
+            # from here a stop signal must find the process owned by a server object that close() ends: held
+            # back while that object is made (CI once interrupted that gap, and the server outlived the run)
+            with deferred_interrupts():
+                server = VllmServer(proc, port, log, log_path, clock)
+            self._warm_started = how == "warm"
+            if how == "warm":
+                clock.stamp("spare_wait")
+            self._prepare_spare(env)  # the next trial's, importing while this server starts
             server.wait_ready(self.startup_timeout_s)
             server.info = ServerInfo(
                 backend=self.name, engine_version=server.version(), gpu=self.gpu.name, model=self.model.name,
                 start_s=time.perf_counter() - t0, kv_cache_tokens=server.kv_cache_tokens(),
                 extra={"log": str(log_path), "launcher": how, "phases": server.clock.phases()})
         except BaseException as e:  # a crash, and Ctrl-C / SIGTERM / SIGHUP during start-up: never leave it running
+            if server is None:  # the server object itself failed: end the process group it was to own
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # nothing started yet that needs an orderly stop
+                proc.wait()
+                reaper.wait_gone(proc.pid)
+                log.close()
+                raise
             server.close()
             if isinstance(e, EngineCrash):
                 e.phases = server.clock.phases()
