@@ -189,6 +189,8 @@ class VllmEngine:
             try:
                 return self._launch(config, trial_seed, label)
             except EngineCrash as crash:
+                if PORT_TAKEN in crash.log_excerpt.lower() and attempt < PORT_RETRIES:
+                    continue
                 if self._warm_started and crash.crash_class in WARM_SUSPECT:
                     self.launcher = "plain"
                     _stop_spares(self._spare)
@@ -200,8 +202,7 @@ class VllmEngine:
                     server.info.extra["launcher"] = (f"plain (a warm start crashed as {crash.crash_class}: "
                                                      f"{crash.message[:200]}; warm launcher off from here)")
                     return server
-                if PORT_TAKEN not in crash.log_excerpt.lower() or attempt == PORT_RETRIES:
-                    raise
+                raise
         raise AssertionError("unreachable")
 
     def _launch(self, config: Config, trial_seed: int, label: str) -> VllmServer:
@@ -278,9 +279,10 @@ class VllmEngine:
         if self.launcher == "warm" and (parts := split_launcher(self.vllm_cmd)):
             if not self._spare:
                 self._prepare_spare(env)  # the first trial waits for its imports, like a plain start would
-            spare = self._spare.pop()
             try:
-                return spare.take([*parts[2], *args], log_path, env, self.startup_timeout_s), "warm"
+                if not self._spare:
+                    raise SpareFault("no spare could be started")
+                return self._spare.pop().take([*parts[2], *args], log_path, env, self.startup_timeout_s), "warm"
             except SpareFault as fault:
                 how = f"plain (spare fault: {fault})"
                 log.write(f"[sloguard] {how}\n".encode())
