@@ -27,7 +27,15 @@ from .errors import InputError, yaml_problem
 from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
 from .interrupts import Interrupted, interrupts_raise
 from .optimizers import OPTIMIZERS
-from .runner import MAX_SEED, StudyResult, StudySpec, default_space, log_path_for, run_study, server_log_dir
+from .runner import (
+    StudyResult,
+    StudySpec,
+    check_seed,
+    default_space,
+    log_path_for,
+    run_study,
+    server_log_dir,
+)
 from .slo import SLO
 from .space import BOOL_KNOBS, NUMERIC_KNOBS, SearchSpace, build_serving_space, load_space_file, parse_range_override
 from .trial import evaluate, trial_seed
@@ -252,7 +260,7 @@ def _print_summary(result: StudyResult, console: Console) -> None:
         table.add_row("best config", "none met the SLO")
         miss = _closest_miss(result.trials)
         if miss is not None:
-            usage = {k: u for k, u in (miss.get("slo_usage") or {}).items() if u is not None}  # null: no request
+            usage = _measured_usage(miss)
             binding = max(usage, key=lambda k: usage[k]) if usage else None
             table.add_row("closest miss", f"trial {miss['trial']}: {json.dumps(miss['config'])}")
             if binding:
@@ -275,10 +283,12 @@ def _print_summary(result: StudyResult, console: Console) -> None:
 def _closest_miss(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The SLO miss whose worst SLO was the least exceeded (``slo_usage``: measured / limit per SLO)."""
     misses = [t for t in trials if t["status"] == "slo_violation" and t.get("slo_usage")]
-    def worst(t: dict[str, Any]) -> float:  # null usage: no request finished to measure it
-        return max((u for u in t["slo_usage"].values() if u is not None), default=math.inf)
+    return min(misses, key=lambda t: max(_measured_usage(t).values(), default=math.inf), default=None)
 
-    return min(misses, key=worst, default=None)
+
+def _measured_usage(trial: dict[str, Any]) -> dict[str, float]:
+    """``slo_usage`` without the SLOs no request finished to measure (null in the log)."""
+    return {k: u for k, u in (trial.get("slo_usage") or {}).items() if u is not None}
 
 
 def _bench_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -300,8 +310,7 @@ def _bench_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
-    if not 0 <= args.seed <= MAX_SEED:
-        raise InputError(f"--seed must be 0..{MAX_SEED}, got {args.seed}")
+    check_seed(args.seed)
     backend, gpu = placement(args.backend, args.gpu)
     config = _bench_config(args)
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), _engine_options(args))

@@ -55,8 +55,7 @@ class StudySpec:
     def __post_init__(self) -> None:
         if not 1 <= self.budget <= MAX_BUDGET:
             raise InputError(f"budget must be 1..{MAX_BUDGET} trials, got {self.budget}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise InputError(f"seed must be 0..{MAX_SEED} (the samplers' seed range), got {self.seed}")
+        check_seed(self.seed)
         if self.space is None:
             self.space = default_space(self.model, self.gpu, self.workload)
         for i, params in enumerate(self.enqueue):
@@ -84,6 +83,11 @@ class StudySpec:
 #: otherwise run until killed
 MAX_BUDGET = 100_000
 MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be 0..{MAX_SEED} (the samplers' seed range), got {seed}")
 
 
 def default_space(model: str, gpu: str, workload: Workload | None = None) -> SearchSpace:

@@ -122,9 +122,9 @@ def holds_no_record(path: str | Path) -> bool:
         return False
     try:
         json.loads(data)
-    except ValueError:
+    except ValueError:  # empty, blank, or cut short
         return True
-    return not data.strip()
+    return False
 
 
 def is_trial_log(path: str | Path) -> bool:
