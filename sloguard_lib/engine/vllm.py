@@ -47,7 +47,7 @@ from ..hardware import GpuProfile, ModelShape, latency_floor_ms
 from ..interrupts import deferred_interrupts
 from ..loadgen import STALL, LoadTarget, client_name, run_load
 from ..metrics import LoadResult
-from ..model_folder import prepare_model_dir
+from ..model_folder import prepare_model_dir, tokenizer_dir
 from ..space import BOOL_KNOBS, NUMERIC_KNOBS, Config
 from ..workload import Workload
 from . import reaper
@@ -78,6 +78,8 @@ def vllm_args(model_dir: str, config: Config, port: int, seed: int) -> list[str]
             "--seed", str(seed)]
     if not any(Path(model_dir).glob("*.safetensors")):  # config-only folder: random weights
         args += ["--load-format", "dummy"]
+    if tok := tokenizer_dir(model_dir):  # the synthetic tokenizer, away from config.json (model_folder.py)
+        args += ["--tokenizer", str(tok)]
     for knob in NUMERIC_KNOBS:
         if knob in config:
             args += ["--" + knob.replace("_", "-"), str(config[knob])]
@@ -172,9 +174,8 @@ class VllmEngine:
         digest = hashlib.sha256((src / "config.json").read_bytes()).hexdigest()[:12]
         cache = Path(os.environ.get("SLOGUARD_CACHE", Path.home() / ".cache" / "sloguard"))
         dest = cache / "models" / f"{self.model.name}-{digest}"
-        cfg = dest / "tokenizer_config.json"
-        if not (dest / "tokenizer.json").exists() or "chat_template" not in (cfg.read_text() if cfg.exists() else ""):
-            prepare_model_dir(self.model, dest)  # absent, or made by a version without the chat template
+        if tokenizer_dir(dest) is None:
+            prepare_model_dir(self.model, dest)  # absent, or made by a version before the tokenizer's own folder
         return dest
 
     def launch(self, config: Config, *, trial_seed: int, label: str = "") -> VllmServer:
