@@ -205,8 +205,12 @@ def main() -> None:
     ap.add_argument("--legacy-tokenizer", action="store_true",
                     help="serve the model with the synthetic tokenizer as sloguard made it before the fix (the "
                          "'before' of results/h200/client_agreement: vllm bench serve's prompts hit the prefix cache)")
+    ap.add_argument("--report-only", nargs="+", metavar="LOADS_JSONL",
+                    help="no measuring: pool these runs' loads.jsonl (each its own server) into OUT/summary.json")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.report_only:
+        return report_only(args.report_only, args.variants, args.reference, out)
     out.mkdir(parents=True, exist_ok=True)
     backend, gpu = placement("vllm", None)
     model = args.model if not args.legacy_tokenizer else str(legacy_model_dir(args.model, out / "legacy_model"))
@@ -261,29 +265,49 @@ def main() -> None:
             bench.close()
         finally:
             server.close()  # whatever happened to the bench helper, the server is ours to end
-    ref = args.reference
-    summary: dict[str, Any] = {"config": json.loads(args.config), "model": args.model, "gpu": gpu,
-                               "engine_version": server.info.engine_version, "loads": args.loads, "reference": ref,
-                               "table": []}
-    print(f"\n{'conc':>4} {'metric':<21} " + " ".join(f"{v:>20}" for v in args.variants)
-          + f"   diff vs {ref} (95 % CI)")
-    shown = [*METRICS, *EXTRA, "srv_ttft_mean_ms", "srv_itl_mean_ms", "srv_queue_mean_ms", "srv_prefill_mean_ms",
-             "srv_decode_mean_ms", "srv_prompt_tokens", "srv_generation_tokens", "srv_prefix_hit_tokens",
-             "srv_preemptions", "srv_steps", "cpu_api_s", "cpu_engine_s", "cpu_client_s"]
-    for conc in args.concurrency:
-        for metric in shown:
-            vals = {v: [float(r.get(metric, "nan")) for r in rows if r["client"] == v and r["concurrency"] == conc]
-                    for v in args.variants}
-            line = {"concurrency": conc, "metric": metric, "means": {v: float(np.mean(x)) for v, x in vals.items()}}
+    summary = {"config": json.loads(args.config), "model": args.model, "gpu": gpu,
+               "engine_version": server.info.engine_version, "loads": args.loads}
+    summary |= report(rows, args.variants, args.reference)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+SHOWN = [*METRICS, *EXTRA, "srv_ttft_mean_ms", "srv_itl_mean_ms", "srv_queue_mean_ms", "srv_prefill_mean_ms",
+         "srv_decode_mean_ms", "srv_prompt_tokens", "srv_generation_tokens", "srv_prefix_hit_tokens",
+         "srv_preemptions", "srv_steps", "cpu_api_s", "cpu_engine_s", "cpu_client_s"]
+
+
+def report(rows: list[dict[str, Any]], variants: list[str], ref: str) -> dict[str, Any]:
+    """Print and return, per concurrency and metric, each client's mean and (client metrics) the paired difference
+    against ``ref``. Loads pair by (source, concurrency, round): the rounds of several runs, each on its own server,
+    pool; a round that lacks a client is left out."""
+    print(f"\n{'conc':>4} {'metric':<21} " + " ".join(f"{v:>20}" for v in variants) + f"   diff vs {ref} (95 % CI)")
+    table = []
+    for conc in sorted({r["concurrency"] for r in rows}, reverse=True):
+        rounds: dict[tuple[Any, int], dict[str, dict[str, Any]]] = {}
+        for r in rows:
+            if r["concurrency"] == conc:
+                rounds.setdefault((r.get("source", 0), r["round"]), {})[r["client"]] = r
+        full = [rnd for _, rnd in sorted(rounds.items()) if all(v in rnd for v in variants)]
+        for metric in SHOWN:
+            vals = {v: [float(rnd[v].get(metric, "nan")) for rnd in full] for v in variants}
+            line: dict[str, Any] = {"concurrency": conc, "metric": metric, "rounds": len(full),
+                                    "means": {v: float(np.mean(x)) for v, x in vals.items()}}
             text = f"{conc:>4} {metric:<21} " + " ".join(f"{np.mean(x):>20,.2f}" for x in vals.values())
-            for v in args.variants:
+            for v in variants:
                 if v != ref and ref in vals and metric in METRICS:
                     d, lo, hi = paired_diff_pct(vals[v], vals[ref])
                     line[f"{v}_vs_{ref}_pct"] = [d, lo, hi]
                     text += f"   {v}: {d:+.1f} % [{lo:+.1f}, {hi:+.1f}]"
-            summary["table"].append(line)
+            table.append(line)
             print(text)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return {"reference": ref, "table": table}
+
+
+def report_only(files: list[str], variants: list[str], ref: str, out: Path) -> None:
+    rows = [json.loads(line) | {"source": i} for i, f in enumerate(files) for line in Path(f).read_text().splitlines()
+            if line.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps({"sources": files, **report(rows, variants, ref)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ _NO_CHOICES = re.compile(rb'"choices":\s*\[\]')
 _USAGE = re.compile(rb'"usage":\s*\{')
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 MAX_EVENT_BYTES = 1 << 20  # one SSE event of a token is ~300 bytes
+DRAIN_BYTES = 4096  # what may follow [DONE] before the body ends (vLLM: nothing but the chunked terminator)
 
 
 def request_body(target: LoadTarget, req: Request, seed: int, api: str) -> tuple[str, dict[str, Any]]:
@@ -119,10 +120,23 @@ class _Events:
     def __init__(self, res: RequestResult, t0: float, api: str, max_events: int = 1 << 30) -> None:
         self.res, self.last, self.api, self.max_events = res, t0, api, max_events
         self.t0, self.count, self.buf = t0, 0, b""
+        self.done = False  # [DONE] arrived
+        self.after_done = 0  # bytes received since
+
+    def draining(self) -> bool:
+        """After ``[DONE]``, go on reading to the end of the body (a few bytes), so the keep-alive connection goes
+        back to the pool. A client that stops at ``[DONE]`` leaves the chunked body's terminator unread, and httpx
+        then closes the connection: every request of a load opened a new one (20 TIME-WAIT sockets for 20
+        sequential requests on the CPU vLLM; none with this). An overrun, or more than ``DRAIN_BYTES`` after
+        ``[DONE]``, ends the reading at once."""
+        return self.done and self.after_done <= DRAIN_BYTES
 
     def feed(self, chunk: bytes) -> bool:
         """Take one received chunk; True once ``[DONE]`` arrived (or the stream overran ``max_events``, or an
         event grew past ``MAX_EVENT_BYTES``). SSE events end with a blank line, ``\\n\\n`` or ``\\r\\n\\r\\n``."""
+        if self.done:
+            self.after_done += len(chunk)
+            return True
         now = time.perf_counter()
         *complete, self.buf = _EVENT_END.split(self.buf + chunk)
         if len(self.buf) > MAX_EVENT_BYTES:
@@ -133,6 +147,7 @@ class _Events:
                 continue
             payload = event[5:].strip()
             if payload == b"[DONE]":
+                self.done = True
                 return True
             if _USAGE.search(payload):
                 self.res.output_tokens = int(json.loads(payload)["usage"].get("completion_tokens", 0))
@@ -169,7 +184,7 @@ async def _one(client: Any, target: LoadTarget, req: Request, seed: int, api: st
                     res.error = (await resp.read()).decode(errors="replace")[:500]
                     return res
                 async for chunk in resp.content.iter_any():
-                    if events.feed(chunk):
+                    if events.feed(chunk) and not events.draining():
                         break
         else:
             async with client.stream("POST", path, json=body) as resp:
@@ -178,7 +193,7 @@ async def _one(client: Any, target: LoadTarget, req: Request, seed: int, api: st
                     res.error = (await resp.aread()).decode(errors="replace")[:500]
                     return res
                 async for chunk in resp.aiter_raw():
-                    if events.feed(chunk):
+                    if events.feed(chunk) and not events.draining():
                         break
         return events.finish()
     except (httpx.ReadTimeout, TimeoutError):  # aiohttp's read timeout is an asyncio.TimeoutError

@@ -34,19 +34,23 @@ def _token_chunk(i: int, last: bool, chat: bool) -> bytes:
 class SSEStub:
     def __init__(self, token_interval_s: float = 0.0, ttft_s: float = 0.0, fail_status: int | None = None,
                  health: bool = True, hang_after: int | None = None, endless: bool = False,
-                 version: bytes | None = None) -> None:
+                 version: bytes | None = None, end_apart: bool = False) -> None:
         """``hang_after``: completion requests after that many are never answered (a hung engine);
-        ``endless``: streams ignore ``max_tokens`` and never end (a broken server)."""
+        ``endless``: streams ignore ``max_tokens`` and never end (a broken server); ``end_apart``: the chunked
+        body's terminator follows ``[DONE]`` in a write of its own, as uvicorn sends it once the stream ends."""
         self.token_interval_s, self.ttft_s, self.fail_status = token_interval_s, ttft_s, fail_status
         self.health, self.hang_after, self.endless = health, hang_after, endless
         self.version = version or b'{"version": "stub"}'
+        self.end_apart = end_apart
         self.completions = 0
+        self.connections = 0  # TCP connections accepted
         self.port = 0
         self.requests = 0
         self.in_flight = self.max_in_flight = 0  # concurrent completion streams
         self.last_body: dict = {}  # type: ignore[type-arg]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -98,6 +102,9 @@ class SSEStub:
                 writer.write(_sse_chunk({"choices": [], "usage": {"prompt_tokens": len(body.get("prompt", [])),
                                                                    "completion_tokens": n}}))
                 writer.write(_http_chunk(b"data: [DONE]\n\n"))
+                if self.end_apart:
+                    await writer.drain()
+                    await asyncio.sleep(0.002)
                 writer.write(b"0\r\n\r\n")
                 self.in_flight -= 1
                 await writer.drain()

@@ -25,6 +25,17 @@ def test_streams_are_parsed_and_timed(http: str) -> None:
     assert m["throughput_tok_s"] == pytest.approx(80 / load.duration_s)
 
 
+@pytest.mark.parametrize("http", ["httpx", "aiohttp"])
+def test_connections_are_kept_alive_across_requests(http: str) -> None:
+    """Before: the client stopped reading at [DONE], before the chunked terminator, so httpx closed the connection
+    and every request of a load opened a new one (20 connections for 20 sequential requests on real vLLM)."""
+    with SSEStub(end_apart=True).running() as stub:
+        target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, http=http)
+        load = run_load(target, Workload(concurrency=2, num_requests=20, input_len=8, output_len=4, warmup=1))
+    assert all(r.ok and r.output_tokens == 4 for r in load.requests)
+    assert stub.connections == 2  # one per concurrent stream, the warm-up's reused
+
+
 def test_client_processes_split_the_load_and_start_together() -> None:
     with SSEStub(token_interval_s=0.005).running() as stub:
         target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, processes=2)
