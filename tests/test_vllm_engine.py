@@ -220,3 +220,19 @@ def test_a_server_with_an_odd_version_answer_still_serves(tmp_path: Path, answer
     assert server.run_load(Workload(concurrency=1, num_requests=1, input_len=8, output_len=4)).requests[0].ok
     server.close()
     assert not port_in_use(server.port)
+
+
+def test_a_synthetic_tokenizer_reaches_vllm_as_its_own_folder(tmp_path: Path) -> None:
+    """A folder that prepare_model_dir made is served with ``--tokenizer`` its tokenizer folder (beside a qwen2
+    config.json, transformers 5 would build Qwen2's BPE from it); a user's folder with its own tokenizer is not."""
+    from sloguard_lib.hardware import resolve_model
+    from sloguard_lib.model_folder import prepare_model_dir
+
+    made = prepare_model_dir(resolve_model("tiny-qwen2"), tmp_path / "made")
+    args = vllm_args(str(made), {}, port=1, seed=0)
+    assert args[args.index("--tokenizer") + 1] == str(made / "tokenizer")
+    assert not (made / "tokenizer.json").exists() and (made / "config.json").exists()
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "tokenizer.json").write_text("{}")
+    assert "--tokenizer" not in vllm_args(str(own), {}, port=1, seed=0)
