@@ -106,7 +106,10 @@ def test_the_first_stall_ends_the_load(warmup: int, hang_after: int) -> None:
     ok = [r for r in load.requests if r.ok]
     assert len(ok) == hang_after and all(r.output_tokens == 4 for r in ok)
     assert all((r.error or "").startswith("stall") for r in load.requests if not r.ok)
-    assert sum("no byte for" in (r.error or "") for r in load.requests) == (2 if not warmup else 8)
+    # the stream that stalls first ends the load; a second one concurrently hung may meet its own timeout first or
+    # be cancelled with the load (a race on a loaded CI host); the warm-up's stall fails every request
+    stalled = sum("no byte for" in (r.error or "") for r in load.requests)
+    assert stalled in (1, 2) if not warmup else stalled == 8, stalled
 
 
 @pytest.mark.parametrize("http", ["httpx", "aiohttp"])
