@@ -61,7 +61,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="replay backend: recorded calibration grids / study logs (repeatable; default: the packaged "
                         "real H100 data)")
     p.add_argument("--load-procs", type=int, default=1, metavar="N",
-                   help="vllm backend: load-generator processes (one parses ~40k streamed tokens/s)")
+                   help="vllm backend: load-generator processes (one parses ~375k streamed tokens/s on the stub)")
     p.add_argument("--startup-timeout-s", type=float, default=900.0, metavar="S",
                    help="vllm backend: a server not ready after this long is a startup_timeout crash")
     p.add_argument("--stall-timeout-s", type=float, default=60.0, metavar="S",

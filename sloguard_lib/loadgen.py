@@ -1,13 +1,13 @@
 """Concurrent streaming load generator for an OpenAI-compatible server (vLLM's ``/v1/completions``).
 
-asyncio + one keep-alive httpx pool. Prompts go out as exact token-id lists with ``ignore_eos`` and a
-fixed ``max_tokens``, so the server does exactly the work the :class:`~sloguard_lib.workload.Workload`
-describes. SSE is parsed incrementally from the raw bytes as they arrive; each data event that carries
-text is one streamed event, timed on arrival: TTFT = first event - send, ITL = gaps between events (what
-``vllm bench serve`` records). The token count comes from the final ``usage`` chunk. Only that chunk is
-JSON-decoded: token events are recognised by byte patterns, because a client that spends ~30 us per
-event saturates one core near 30k tokens/s, and from then on reads events in bursts and reports
-near-zero gaps (real H100 runs at 17k tok/s showed ITL p50 of 0.04 ms from exactly that).
+asyncio + one keep-alive aiohttp pool (``vllm bench serve``'s library; ``LoadTarget.http``). Prompts go out
+as exact token-id lists with ``ignore_eos`` and a fixed ``max_tokens``, so the server does exactly the work the
+:class:`~sloguard_lib.workload.Workload` describes. SSE is parsed incrementally from the raw bytes as they
+arrive; each data event that carries text is one streamed event, timed on arrival: TTFT = first event - send,
+ITL = gaps between events (what ``vllm bench serve`` records). The token count comes from the final ``usage``
+chunk. Only that chunk is JSON-decoded: token events are recognised by byte patterns, because a client that
+spends ~30 us per event saturates one core near 30k tokens/s, and from then on reads events in bursts and
+reports near-zero gaps (real H100 runs at 17k tok/s showed ITL p50 of 0.04 ms from exactly that).
 
 ``api=chat`` sends the prompt to ``/v1/chat/completions`` as the words of the synthetic tokenizer
 (``w17 w3 ...``, one token each) inside a template that adds nothing, so token counts stay exact.
@@ -19,11 +19,10 @@ stream: waiting out each warm-up and round cost ~540 s per hung trial), which is
 case, so a dead or hung server ends the trial instead of hanging it. A stream that sends more token events than
 ``max_tokens`` allows is cut (``OVERRUN``), so a broken server cannot grow the client's memory without bound.
 
-One process parses ~40k streamed tokens/s (h11 handles every HTTP chunk in Python; that is most of the
-~25 us per token). A server that streams more needs ``LoadTarget.processes`` > 1: the requests are dealt
-round-robin to that many spawned client processes, each with its share of the concurrency, which all start
-at one barrier after a single warm-up (``benchmarks/loadgen_overhead.py``: 2 processes parse ~77k tokens/s
-on 2 cores).
+One process parses ~375k streamed tokens/s with aiohttp (2.8 us per token; httpx, whose h11 handles every HTTP
+chunk in Python, 77k at 13 us; ``benchmarks/loadgen_overhead.py`` on 2 cores). A server that streams more
+needs ``LoadTarget.processes`` > 1: the requests are dealt round-robin to that many spawned client processes,
+each with its share of the concurrency, which all start at one barrier after a single warm-up.
 """
 
 from __future__ import annotations
@@ -67,14 +66,18 @@ class LoadTarget:
     vocab_size: int
     stall_timeout_s: float = 60.0
     load_timeout_s: float = 1800.0
-    processes: int = 1  # client processes: one parses ~40k tokens/s; raise it when the server streams more
+    processes: int = 1  # client processes: one parses ~375k tokens/s (aiohttp); more for a server that streams more
     #: merged into every request body (a benchmark's A/B of request fields; sampling options a user needs); a
     #: None value removes that field, so the server's default applies
     body_extra: tuple[tuple[str, Any], ...] = ()
     #: send the prompt as the synthetic tokenizer's words (text the server tokenizes, as ``vllm bench serve`` does)
     #: instead of token ids; the token count is the same (model_folder.py)
     prompt_text: bool = False
-    http: str = "httpx"  # or "aiohttp", the library of ``vllm bench serve`` (benchmarks/client_agreement.py)
+    #: the HTTP library: aiohttp, as ``vllm bench serve`` uses. "httpx" is kept for A/B runs only: with keep-alive
+    #: connections its pool costs O(connections) of Python per queued request, and at 128 concurrent on the H200
+    #: the client became the bottleneck (2.5x the client CPU, 3.7x the engine steps, -54 % throughput against
+    #: ``vllm bench serve``; results/h200/client_agreement/README.md)
+    http: str = "aiohttp"
 
 
 _TOKEN = {"completions": re.compile(rb'"text":\s*"[^"]'), "chat": re.compile(rb'"content":\s*"[^"]')}

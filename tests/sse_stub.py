@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -47,6 +48,7 @@ class SSEStub:
         self.port = 0
         self.requests = 0
         self.in_flight = self.max_in_flight = 0  # concurrent completion streams
+        self.busy_s = 0.0  # summed duration of the token streams: / a load's duration = its mean in-flight count
         self.last_body: dict = {}  # type: ignore[type-arg]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -89,6 +91,7 @@ class SSEStub:
                                                           "finish_reason": None}]}))
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                opened = time.perf_counter()
                 burst: list[bytes] = []
                 for i in range(n):
                     if i and self.token_interval_s:
@@ -107,6 +110,7 @@ class SSEStub:
                     await asyncio.sleep(0.002)
                 writer.write(b"0\r\n\r\n")
                 self.in_flight -= 1
+                self.busy_s += time.perf_counter() - opened
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
