@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from sloguard_lib.engine import make_engine, placement
+from sloguard_lib.engine.vllm import metric_sums
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.metrics import summarize
 from sloguard_lib.model_folder import tokenizer_dir
@@ -71,13 +71,8 @@ COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:pr
 
 
 def counters(metrics_text: str) -> dict[str, float]:
-    """The ``COUNTERS`` of one ``/metrics`` page, each summed over its label sets."""
-    out = dict.fromkeys(COUNTERS, 0.0)
-    for line in metrics_text.splitlines():
-        name = re.split(r"[{ ]", line, maxsplit=1)[0]
-        if name in out:
-            out[name] += float(line.rsplit(" ", 1)[1])
-    return out
+    """The ``COUNTERS`` of one ``/metrics`` page, each summed over its label sets (0 where missing)."""
+    return dict.fromkeys(COUNTERS, 0.0) | metric_sums(metrics_text, COUNTERS)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -88,6 +83,13 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def cpu_snapshot(server_pids: list[int], client_pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the API server (the group's leader), the engine (the rest of its group) and the
+    client (this process and ``vllm bench serve``'s)."""
+    return {"cpu_api_s": cpu_seconds(server_pids[:1]), "cpu_engine_s": cpu_seconds(server_pids[1:]),
+            "cpu_client_s": cpu_seconds(client_pids)}
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -233,10 +235,8 @@ def main() -> None:
                     # prompts in a round would be served from the cache (seen: +40 % throughput)
                     seed = 1000 * conc + 10 * rnd + args.variants.index(client)
                     t0 = time.perf_counter()
-                    pids = group_pids(server.proc.pid)
-                    me = [os.getpid(), bench.proc.pid]
-                    c0, cpu0 = counters(server.metrics_text()), (cpu_seconds(pids[:1]), cpu_seconds(pids[1:]),
-                                                                 cpu_seconds(me))
+                    pids, me = group_pids(server.proc.pid), [os.getpid(), bench.proc.pid]
+                    c0, cpu0 = counters(server.metrics_text()), cpu_snapshot(pids, me)
                     if client in THEIRS:
                         m = bench.run(conc, n, args.input_len, args.output_len, seed, THEIRS[client])
                     else:
@@ -252,8 +252,7 @@ def main() -> None:
                         full = summarize(server.run_load(wl))
                         m = {k: full[k] for k in (*METRICS, *EXTRA)}
                     srv = server_view(c0, counters(server.metrics_text()))
-                    cpu = {"cpu_api_s": cpu_seconds(pids[:1]) - cpu0[0],
-                           "cpu_engine_s": cpu_seconds(pids[1:]) - cpu0[1], "cpu_client_s": cpu_seconds(me) - cpu0[2]}
+                    cpu = {k: v - cpu0[k] for k, v in cpu_snapshot(pids, me).items()}
                     row = {"client": client, "concurrency": conc, "round": rnd, "seed": seed,
                            "wall_s": time.perf_counter() - t0, **m, **srv, **cpu}
                     rows.append(row)

@@ -13,7 +13,7 @@ import pytest
 
 from sloguard_lib.engine.base import EngineCrash
 from sloguard_lib.engine.reaper import group_alive
-from sloguard_lib.engine.vllm import VllmEngine, default_launcher, port_in_use, vllm_args
+from sloguard_lib.engine.vllm import VllmEngine, default_launcher, metric_sums, port_in_use, vllm_args
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.metrics import summarize
@@ -236,3 +236,13 @@ def test_a_synthetic_tokenizer_reaches_vllm_as_its_own_folder(tmp_path: Path) ->
     own.mkdir()
     (own / "tokenizer.json").write_text("{}")
     assert "--tokenizer" not in vllm_args(str(own), {}, port=1, seed=0)
+
+
+def test_metric_sums_adds_label_sets_and_leaves_out_what_the_page_lacks() -> None:
+    page = ('# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n'
+            'vllm:prompt_tokens_total{engine="0",model_name="m"} 100.0\n'
+            'vllm:prompt_tokens_total{engine="1",model_name="m"} 20.5\n'
+            'vllm:prompt_tokens_total_created{engine="0"} 1.7e9\n'
+            'vllm:num_preemptions_total 3.0\n')
+    got = metric_sums(page, ("vllm:prompt_tokens_total", "vllm:num_preemptions_total", "vllm:kv_cache_usage_perc"))
+    assert got == {"vllm:prompt_tokens_total": 120.5, "vllm:num_preemptions_total": 3.0}

@@ -363,7 +363,7 @@ class VllmServer:
 
     def run_load(self, workload: Workload) -> LoadResult:
         t_start = time.perf_counter()
-        before = _scrape(self.metrics_text())
+        before = metric_sums(self.metrics_text(), LOAD_STATS)
         load = run_load(self.target, workload)
         elapsed = time.perf_counter() - t_start
         self.clock.stamp(LOAD)
@@ -377,9 +377,10 @@ class VllmServer:
         if any((r.error or "").startswith(STALL) for r in errors):
             raise EngineCrash("runtime_hang", next(r.error for r in errors if r.error), elapsed_s=elapsed,
                               phase="load")
-        after = _scrape(self.metrics_text())
-        load.engine_stats = {"num_preemptions": after.get("num_preemptions", 0) - before.get("num_preemptions", 0),
-                             "kv_cache_usage_peak": after.get("kv_cache_usage", float("nan"))}
+        after = metric_sums(self.metrics_text(), LOAD_STATS)
+        preemptions, kv_usage = LOAD_STATS
+        load.engine_stats = {"num_preemptions": after.get(preemptions, 0.0) - before.get(preemptions, 0.0),
+                             "kv_cache_usage_peak": after.get(kv_usage, float("nan"))}
         return load
 
     def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
@@ -403,13 +404,18 @@ class VllmServer:
                 self.info.extra["phases"] = self.clock.phases()
 
 
-def _scrape(text: str) -> dict[str, float]:
+LOAD_STATS = ("vllm:num_preemptions_total", "vllm:kv_cache_usage_perc")  # read around every load
+
+
+def metric_sums(text: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Each named metric of one Prometheus ``/metrics`` page, summed over its label sets; a name the page does
+    not have is missing from the result (vLLM versions differ in what they export)."""
     out: dict[str, float] = {}
-    names = (("num_preemptions", "vllm:num_preemptions_total"), ("kv_cache_usage", "vllm:kv_cache_usage_perc"))
-    for key, name in names:
-        m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$", text, re.MULTILINE)
-        if m:
-            out[key] = float(m.group(1))
+    for line in text.splitlines():
+        name = re.split(r"[{ ]", line, maxsplit=1)[0]
+        if name in names:
+            with contextlib.suppress(ValueError, IndexError):
+                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
 
