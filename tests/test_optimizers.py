@@ -13,7 +13,7 @@ from sloguard_lib.errors import InputError
 from sloguard_lib.optimizers import OPTIMIZERS, Outcome, make_optimizer
 from sloguard_lib.optimizers.base import Proposal
 from sloguard_lib.optimizers.tba import TBA
-from sloguard_lib.space import build_serving_space
+from sloguard_lib.space import build_serving_space, config_key
 
 SPACE = build_serving_space()
 
@@ -220,7 +220,7 @@ def test_constrained_bo_without_botorch_is_a_clear_error() -> None:
     import sys
 
     code = ("import sys; sys.modules['botorch'] = None\n"
-            "from sloguard_lib.optimizers import make_optimizer\nfrom sloguard_lib.space import build_serving_space\n"
+            "from sloguard_lib.optimizers import make_optimizer\nfrom sloguard_lib.space import build_serving_space, config_key\n"
             "make_optimizer('constrained-bo', build_serving_space(), 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode != 0 and "needs botorch: pip install 'sloguard[bo]'" in done.stderr
@@ -268,3 +268,47 @@ def test_optimizer_benchmark_scores_runs_against_the_landscape(tmp_path: Path) -
     assert df.final_best_pct.between(0, 100).all()  # the landscape best includes every launched config
     assert (df.found_95 | ~df.reached_95).all()  # recommending a config within 5 % means one was launched
     assert (tmp_path / "figures" / "benchmarks" / "anytime_b6_x2.png").stat().st_size > 10_000
+
+
+def _drive_parallel(name: str, seed: int, n: int, workers: int = 3) -> tuple[list[dict], list[str]]:  # type: ignore[type-arg]
+    """Keep ``workers`` proposals in flight; the oldest finishes first except every third, which overtakes it."""
+    opt = make_optimizer(name, SPACE, seed)
+    asked: list[dict] = []  # type: ignore[type-arg]
+    phases: list[str] = []
+    in_flight: list[dict] = []  # type: ignore[type-arg]
+    while len(asked) < n or in_flight:
+        while len(in_flight) < workers and len(asked) < n:
+            proposal = opt.ask(pending=list(in_flight))
+            SPACE.validate(proposal.params)
+            asked.append(proposal.params)
+            phases.append(proposal.phase)
+            in_flight.append(proposal.params)
+        done = in_flight.pop(-1 if len(asked) % 3 == 0 and len(in_flight) > 1 else 0)
+        opt.tell(done, _outcome(done))
+    return asked, phases
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_parallel_asks_never_repeat_a_running_config_and_are_deterministic(name: str) -> None:
+    asked, phases = _drive_parallel(name, 7, 14)
+    assert _drive_parallel(name, 7, 14)[0] == asked
+    keys = [config_key(p) for p, phase in zip(asked, phases, strict=True) if phase != "confirm"]
+    assert len(set(keys)) == len(keys), "a config was proposed twice"
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_a_replayed_optimizer_asks_with_pending_as_the_live_one_does(name: str) -> None:
+    """Resume with trials in flight: told history in tell order, the in-flight configs as pending."""
+    live = make_optimizer(name, SPACE, 11)
+    told: list[dict] = []  # type: ignore[type-arg]
+    in_flight = [live.ask().params]
+    in_flight.append(live.ask(pending=in_flight).params)
+    for _ in range(7):
+        done = in_flight.pop(0)
+        live.tell(done, _outcome(done))
+        told.append(done)
+        in_flight.append(live.ask(pending=list(in_flight)).params)
+    fresh = make_optimizer(name, SPACE, 11)
+    for params in told:
+        fresh.tell(params, _outcome(params))
+    assert fresh.ask(pending=list(in_flight)).params == live.ask(pending=list(in_flight)).params

@@ -20,7 +20,9 @@ says cannot start, as for ``tba``. Until ``n_init`` trials exist it samples (spa
 any load has run it maximises the probability of starting.
 
 Seeds come from (seed, trial number) and model fitting is deterministic given the data, so a replayed
-study proposes what the uninterrupted one would have.
+study proposes what the uninterrupted one would have. Pending configs (trials in flight) are never candidates,
+and the objective GP believes each one's posterior mean as if measured (the "kriging believer" of batch BO), so
+its variance, and with it EI, drops around them and parallel asks spread out.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
 from ..space import Config, SearchSpace, config_key
-from .base import Outcome, Proposal
+from .base import Outcome, Proposal, draw_key
 from .guard import Prior
 
 try:
@@ -65,21 +69,22 @@ class ConstrainedBO:
     def tell(self, params: Config, outcome: Outcome) -> None:
         self.history.append((dict(params), outcome))
 
-    def ask(self) -> Proposal:
+    def ask(self, pending: Sequence[Config] = ()) -> Proposal:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # GPs of a few dozen points: extra threads only add overhead (2x CPU here)
         try:
-            return self._ask()
+            return self._ask(pending)
         finally:
             torch.set_num_threads(threads)
 
-    def _ask(self) -> Proposal:
+    def _ask(self, pending: Sequence[Config]) -> Proposal:
         n = len(self.history)
-        candidates = self._candidates(np.random.default_rng((self.seed, n, 2)))
+        key = draw_key(n, pending)
+        candidates = self._candidates(np.random.default_rng((self.seed, *key, 2)), pending)
         ran = [(p, o) for p, o in self.history if o.status != "error"]
         if n < self.n_init or not ran:
             return Proposal(candidates[0], phase="init")
-        torch.manual_seed(self.seed * 1009 + n)
+        torch.manual_seed(self.seed * 1009 + n + (7919 * len(pending) if pending else 0))
         x_cand = self._x(candidates)
         measured = [(p, float(o.utility)) for p, o in ran if o.utility is not None]
         crashed = [o.status == "crash" for _, o in ran]
@@ -91,7 +96,12 @@ class ConstrainedBO:
             score = -post.mean.squeeze(-1) / post.variance.clamp_min(1e-9).sqrt().squeeze(-1)
             return Proposal(candidates[int(torch.argmax(score))], phase="feasibility")
         y = [math.log1p(max(u, 0.0)) for _, u in measured]
-        obj = self._fit(self._x([p for p, _ in measured]), y)
+        obj: Any = self._fit(self._x([p for p, _ in measured]), y)
+        if pending:  # kriging believer: the pending configs as if measured at the GP's own mean
+            x_pending = self._x(list(pending))
+            with torch.no_grad():
+                believed = obj.posterior(x_pending).mean
+            obj = obj.condition_on_observations(x_pending, believed)
         if con is None:  # no crash seen: the constraint is "always starts", plain log-EI
             con = self._fit(self._x([p for p, _ in ran]), [-1.0] * len(ran))
         acq = LogConstrainedExpectedImprovement(ModelListGP(obj, con), best_f=max(y), objective_index=0,
@@ -101,9 +111,9 @@ class ConstrainedBO:
         return Proposal(candidates[int(torch.argmax(score))], phase="bo")
 
     # ------------------------------------------------------------------ helpers
-    def _candidates(self, rng: np.random.Generator) -> list[Config]:
-        """Valid, untried configs the memory prior allows (all of them if it allows none)."""
-        tried = {config_key(p) for p, _ in self.history}
+    def _candidates(self, rng: np.random.Generator, pending: Sequence[Config] = ()) -> list[Config]:
+        """Valid configs, neither tried nor running, that the memory prior allows (all of them if it allows none)."""
+        tried = {config_key(p) for p in (*(p for p, _ in self.history), *pending)}
         out: list[Config] = []
         fallback: list[Config] = []
         for _ in range(self.n_candidates * 4):

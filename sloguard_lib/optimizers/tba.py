@@ -18,18 +18,20 @@ prefill for long prompts) is one probe away.
 becomes the state.
 
 Everything random is seeded from (seed, trial number), and the state is a function of the told history,
-so a replayed study continues exactly like the uninterrupted one.
+so a replayed study continues exactly like the uninterrupted one. Pending configs (trials in flight) count as
+tried: never proposed again, and the space-filling moves keep away from them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.neighbors import KernelDensity
 
 from ..space import Config, Knob, SearchSpace, config_key
-from .base import Outcome, Proposal
+from .base import Outcome, Proposal, draw_key
 from .guard import CrashGuard, Prior
 
 
@@ -55,9 +57,9 @@ class TBA:
         return self.t0 * self.cooling ** max(0, len(self.history) - self.n_init)
 
     # ------------------------------------------------------------------ ask
-    def ask(self) -> Proposal:
+    def ask(self, pending: Sequence[Config] = ()) -> Proposal:
         n = len(self.history)
-        rng = np.random.default_rng((self.seed, n, 1))
+        rng = np.random.default_rng((self.seed, *draw_key(n, pending), 1))
         exploring = n < self.n_init or self.current is None
         if exploring:
             candidates = [self.space.sample(rng) for _ in range(self.n_candidates)]
@@ -69,7 +71,7 @@ class TBA:
             candidates = ([self.neighbour(self.current, rng) for _ in range(2 * q)]
                           + [self.neighbour(self.best, rng) for _ in range(q)]
                           + [self.space.sample(rng) for _ in range(self.n_candidates - 3 * q)])
-        tried = {config_key(p) for p, _ in self.history}
+        tried = {config_key(p) for p in (*(p for p, _ in self.history), *pending)}
         allowed = [c for c in candidates if config_key(c) not in tried and self.guard.allows(c)]
         if not allowed:  # the neighbourhood is exhausted or all predicted to crash: jump anywhere allowed
             samples = (self.space.sample(rng) for _ in range(400))
@@ -86,7 +88,7 @@ class TBA:
         # the density ratio alone never leaves a mode it has only ever seen (every good trial eager, say):
         # a temperature-scaled share of the moves goes to the least-explored allowed candidate instead
         exploring = exploring or rng.random() < max(self.min_explore, 0.5 * self.temperature)
-        pick = self._most_spread(allowed) if exploring else self._most_promising(allowed, rng)
+        pick = self._most_spread(allowed, pending) if exploring else self._most_promising(allowed, rng)
         return Proposal(pick, phase="tba-explore" if exploring else "tba-anneal")
 
     def neighbour(self, params: Config, rng: np.random.Generator) -> Config:
@@ -131,11 +133,11 @@ class TBA:
             partial = grown
         return partial
 
-    def _most_spread(self, candidates: list[Config]) -> Config:
-        """Space-filling: the candidate farthest from everything tried so far."""
-        if not self.history:
+    def _most_spread(self, candidates: list[Config], pending: Sequence[Config] = ()) -> Config:
+        """Space-filling: the candidate farthest from everything tried or running so far."""
+        if not self.history and not pending:
             return candidates[0]
-        seen = np.stack([self.space.encode(p) for p, _ in self.history])
+        seen = np.stack([self.space.encode(p) for p in (*(p for p, _ in self.history), *pending)])
         dists = [float(np.min(np.linalg.norm(seen - self.space.encode(c), axis=1))) for c in candidates]
         return candidates[int(np.argmax(dists))]
 

@@ -28,6 +28,8 @@ Three proposals come from what the engine and the measurement are known to do, n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..errors import InputError
 from ..incumbent import ranked
 from ..space import Config, SearchSpace, config_key
@@ -69,26 +71,28 @@ class TBATPE:
             tpe.tell(params, outcome)
         return tpe
 
-    def ask(self) -> Proposal:
+    def ask(self, pending: Sequence[Config] = ()) -> Proposal:
         if self.switched_at is None:
-            return self.tba.ask()
+            return self.tba.ask(pending)
         n = len(self.tba.history)
-        if n == self.switched_at and (probe := self._step_probe()) is not None:
+        if n == self.switched_at and (probe := self._step_probe(pending)) is not None:
             return Proposal(probe, phase="step-probe")
-        if n == self.switched_at + 1 and (fit := self._step_fit()) is not None:
+        if n == self.switched_at + 1 and (fit := self._step_fit(pending)) is not None:
             return Proposal(fit, phase="step-fit")
-        if n >= self.budget - 1 and (again := self._to_confirm()) is not None:
+        running = {config_key(self.space.finalize(p)) for p in pending}
+        if n + len(pending) >= self.budget - 1 and (again := self._to_confirm()) is not None \
+                and config_key(self.space.finalize(again)) not in running:
             return Proposal(again, phase="confirm")
         tpe = self._phase2_study()
-        proposal = tpe.ask()
+        proposal = tpe.ask(pending)
         for _ in range(MAX_REJECTIONS):
             if self.tba.guard.allows(proposal.params):
                 break
             tpe.tell(proposal.params, Outcome("crash", None))  # vetoed: TPE moves elsewhere
-            proposal = tpe.ask()
+            proposal = tpe.ask(pending)
         return Proposal(proposal.params, phase="tpe")
 
-    def _step_probe(self) -> Config | None:
+    def _step_probe(self, pending: Sequence[Config]) -> Config | None:
         measured = [(p, o) for p, o in self.tba.history if o.utility is not None]
         if not measured or self.step_budget is None:
             return None
@@ -99,9 +103,9 @@ class TBATPE:
             return None
         budget = self.step_budget
         return self._untried(best | {"enforce_eager": False, "enable_chunked_prefill": True,
-                                     "max_num_batched_tokens": budget.cast(budget.low or 0)})
+                                     "max_num_batched_tokens": budget.cast(budget.low or 0)}, pending)
 
-    def _step_fit(self) -> Config | None:
+    def _step_fit(self, pending: Sequence[Config]) -> Config | None:
         """The best chunked config that met the SLO, at the budget whose ITL p99 is predicted at ``itl_target``.
 
         A decode step's time grows about linearly with the tokens scheduled in it and a prefill chunk fills the
@@ -118,15 +122,15 @@ class TBATPE:
         if not itl or self.itl_target / itl < MIN_STEP_GROWTH:  # little room to grow the budget under the ITL SLO
             return None
         return self._untried(anchor | {"max_num_batched_tokens": self.step_budget.cast(
-            anchor["max_num_batched_tokens"] * self.itl_target / itl)})
+            anchor["max_num_batched_tokens"] * self.itl_target / itl)}, pending)
 
-    def _untried(self, config: Config) -> Config | None:
-        """``config`` if it is valid in this space, not launched before and not expected to crash."""
+    def _untried(self, config: Config, pending: Sequence[Config]) -> Config | None:
+        """``config`` if it is valid in this space, not launched before (or running) and not expected to crash."""
         try:
             self.space.validate(config)
         except InputError:  # the space pins eager mode or lacks one of these knobs
             return None
-        tried = {config_key(self.space.finalize(p)) for p, _ in self.tba.history}
+        tried = {config_key(self.space.finalize(p)) for p in (*(p for p, _ in self.tba.history), *pending)}
         return config if config_key(config) not in tried and self.tba.guard.allows(config) else None
 
     def _to_confirm(self) -> Config | None:

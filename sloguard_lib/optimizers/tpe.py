@@ -3,12 +3,15 @@
 Crashes are told as ``TrialState.FAIL`` (TPE then ignores them), SLO misses as their penalised utility.
 The conditional knob is handled by define-by-run suggestion plus TPE's ``group`` decomposition. The
 sampler is re-seeded from (seed, trial number) before every ask, so the next proposal is a function of the
-told history alone and a replayed (resumed) study continues exactly as the uninterrupted one.
+told history alone and a replayed (resumed) study continues exactly as the uninterrupted one. Pending configs
+(trials in flight) are RUNNING trials of the study and the sampler's constant liar counts them as bad, so
+parallel asks spread out (the sampler is built without the liar when nothing is pending, as before).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -43,16 +46,23 @@ class TPE:
         self.space, self.seed, self.n_startup_trials = space, seed, n_startup_trials
         self.study = optuna.create_study(direction="maximize", sampler=self._sampler(0))
         self.dists = {k.name: distribution(k) for k in space.knobs}
-        self._pending: dict[str, optuna.trial.Trial] = {}
+        self._pending: dict[str, optuna.trial.Trial] = {}  # asked, not yet told: RUNNING trials of the study
 
-    def _sampler(self, n: int) -> optuna.samplers.BaseSampler:
+    def _sampler(self, n: int, constant_liar: bool = False) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=(self.seed * 100_003 + n) % 2**32,
-                                              n_startup_trials=self.n_startup_trials, multivariate=True, group=True)
+                                              n_startup_trials=self.n_startup_trials, multivariate=True, group=True,
+                                              constant_liar=constant_liar)
 
-    def ask(self) -> Proposal:
-        self.study.sampler = self._sampler(len(self.study.trials))
+    def ask(self, pending: Sequence[Config] = ()) -> Proposal:
+        for running in pending:  # in flight but not asked here (a resumed study, TBA-TPE's rebuilt one)
+            if config_key(running) not in self._pending:
+                self.study.add_trial(optuna.trial.create_trial(
+                    params={n: optuna_float(self.dists[n], v) for n, v in running.items()},
+                    distributions={n: self.dists[n] for n in running}, state=TrialState.RUNNING))
+                self._pending[config_key(running)] = optuna.trial.Trial(self.study, self.study.trials[-1]._trial_id)
+        self.study.sampler = self._sampler(len(self.study.trials), constant_liar=bool(pending))
         trial = self.study.ask()
         params: Config = {}
         for k in self.space.knobs:
