@@ -270,7 +270,8 @@ def test_optimizer_benchmark_scores_runs_against_the_landscape(tmp_path: Path) -
     assert (tmp_path / "figures" / "benchmarks" / "anytime_b6_x2.png").stat().st_size > 10_000
 
 
-def _drive_parallel(name: str, seed: int, n: int, workers: int = 3) -> tuple[list[dict], list[str]]:  # type: ignore[type-arg]
+def _drive_parallel(name: str, seed: int, n: int,
+                    workers: int = 3) -> tuple[list[dict], list[str]]:  # type: ignore[type-arg]
     """Keep ``workers`` proposals in flight; the oldest finishes first except every third, which overtakes it."""
     opt = make_optimizer(name, SPACE, seed)
     asked: list[dict] = []  # type: ignore[type-arg]
