@@ -9,6 +9,7 @@ continue, and exits 128 + the signal's number (130, 143, 129).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -28,6 +29,7 @@ from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
 from .interrupts import Interrupted, interrupts_raise
 from .optimizers import OPTIMIZERS
 from .runner import (
+    Parallel,
     StudyResult,
     StudySpec,
     check_seed,
@@ -104,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.add_argument("--stop-after-s", type=float, default=None,
                       help="start no new trial after this many seconds (continue later with --resume)")
+    tune.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="trials at once, each in a Ray actor with its own engine (one GPU each on vllm)")
+    tune.add_argument("--ray-address", default=None, metavar="ADDR",
+                      help="run the workers on this Ray cluster (e.g. auto, ray://head:10001) instead of a local one")
+    tune.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                      help="GPUs each worker's actor reserves (default: 1 on vllm, 0 on sim; 0.5 puts two on one)")
 
     bench = _command(sub, "bench", help="evaluate ONE config with a workload and print its metrics")
     _common(bench)
@@ -209,9 +217,14 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     spec = StudySpec(model=args.model, gpu=gpu, optimizer=args.optimizer, seed=args.seed, budget=args.budget,
                      backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload),
                      enqueue=tuple(c for text in args.enqueue for c in _configs(text)))
-    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu),
-                         _engine_options(args) | {"log_dir": server_log_dir(args.out, spec)})
+    options = _engine_options(args) | {"log_dir": server_log_dir(args.out, spec)}
+    engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), options)
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
+    parallel = Parallel(args.workers, args.gpus_per_worker, args.ray_address,
+                        functools.partial(make_engine, backend, resolve_model(args.model), get_gpu(gpu), options))
+    if parallel.workers > 1 or parallel.ray_address:
+        engine.close()
+        console.print(f"{parallel.workers} workers on Ray ({parallel.ray_address or 'local'})")
     console.print(f"[bold]SLO-Guard[/] {spec.optimizer} on {backend}: {spec.model} / {gpu}, "
                   f"{spec.workload.describe()}, SLO TTFT p99 {spec.slo.ttft_p99_ms:g} ms / ITL p99 "
                   f"{spec.slo.itl_p99_ms:g} ms, budget {spec.budget}")
@@ -226,8 +239,10 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
             progress.update(task, advance=1, description=f"trial {rec['trial']:>3}: {rec['status']} ({detail})")
 
         try:
-            result = run_study(spec, args.out, resume=args.resume, engine=engine,
-                               on_trial=on_trial if not args.quiet else None, stop_after_s=args.stop_after_s)
+            result = run_study(spec, args.out, resume=args.resume,
+                               engine=None if parallel.workers > 1 or parallel.ray_address else engine,
+                               on_trial=on_trial if not args.quiet else None, stop_after_s=args.stop_after_s,
+                               parallel=parallel)
         except KeyboardInterrupt:
             progress.stop()
             _say_how_to_resume(log_path_for(args.out, spec))

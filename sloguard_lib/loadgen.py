@@ -140,7 +140,6 @@ class _Events:
         if self.done:
             self.after_done += len(chunk)
             return True
-        now = time.perf_counter()
         *complete, self.buf = _EVENT_END.split(self.buf + chunk)
         if len(self.buf) > MAX_EVENT_BYTES:
             self.res.error = f"{OVERRUN}: an SSE event longer than {MAX_EVENT_BYTES} bytes"
@@ -155,6 +154,7 @@ class _Events:
             if _USAGE.search(payload):
                 self.res.output_tokens = int(json.loads(payload)["usage"].get("completion_tokens", 0))
             if is_token_event(payload, self.api):
+                now = time.perf_counter()  # per event, as ``vllm bench serve`` stamps each message of a chunk
                 if self.count == 0:
                     self.res.ttft_s = now - self.t0
                 else:

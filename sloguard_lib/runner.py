@@ -1,5 +1,11 @@
 """The tuning loop: ask -> launch -> load -> metrics -> SLO -> log (fsync) -> tell, with exact resume.
 
+With ``workers`` > 1 the same loop keeps that many trials in flight (:mod:`sloguard_lib.workers`, on Ray): each
+ask sees the configs still running (``Optimizer.ask(pending)``), records are logged in the order trials finish,
+and each says which trials were pending when it was proposed (``pending``) and how many records had been told
+before (``told``). Replaying the log in its order rebuilds the optimizer the driver had; trials in flight when
+the driver died have no record, and ``--resume`` proposes those trial numbers again.
+
 Resume replays every logged trial into a fresh optimizer (``tell`` only) and continues from the next
 trial number. Because the log is written before ``tell`` and optimizers are history-deterministic, a study
 killed at any instant and resumed produces the same trials as one that was never interrupted: none lost,
@@ -28,8 +34,9 @@ from .incumbent import incumbent
 from .optimizers import Optimizer, Outcome, Proposal, make_optimizer
 from .slo import SLO
 from .space import Config, SearchSpace, build_serving_space
-from .trial import evaluate, trial_seed
+from .trial import trial_seed
 from .trial_log import LogContents, TrialLog, exclusive, git_commit, holds_no_record, read_log
+from .workers import InlinePool, Job, Pool, RayPool
 from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
@@ -137,24 +144,66 @@ def server_log_dir(out_dir: str | Path, spec: StudySpec) -> Path:
     return Path(out_dir) / "server_logs" / spec.study_id
 
 
+@dataclass(frozen=True)
+class Parallel:
+    """How many trials run at once, and where: ``workers`` Ray actors (``num_gpus`` each; 0 on the sim) on the
+    cluster at ``ray_address``, or on a local Ray that the study starts and stops. ``make_engine`` builds each
+    worker's engine where it runs (default: the study's backend)."""
+
+    workers: int = 1
+    num_gpus: float | None = None  # None: 1 on a real backend, 0 on the sim
+    ray_address: str | None = None
+    make_engine: Callable[[], Engine] | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise InputError(f"--workers must be >= 1, got {self.workers}")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise InputError(f"--gpus-per-worker must be >= 0, got {self.num_gpus}")
+
+
 def run_study(
     spec: StudySpec, out_dir: str | Path, *, resume: bool = False, engine: Engine | None = None,
     on_trial: Callable[[dict[str, Any]], None] | None = None, stop_after_s: float | None = None,
+    parallel: Parallel | None = None,
 ) -> StudyResult:
     """Run (or continue) a study up to its budget.
 
     ``stop_after_s`` starts no new trial once that many seconds have passed, so a study on a machine with a
     hard time limit (a Colab session, a leased GPU) stops cleanly between trials and continues with
-    ``resume=True`` later.
+    ``resume=True`` later; trials already running finish and are logged.
     """
     started = time.monotonic()
     path = log_path_for(out_dir, spec)
     with exclusive(path):
-        return _run(spec, path, resume, engine, on_trial, started, stop_after_s)
+        return _run(spec, path, resume, engine, on_trial, started, stop_after_s, parallel or Parallel())
+
+
+def _engine_factory(spec: StudySpec, path: Path) -> Callable[[], Engine]:
+    import functools
+
+    return functools.partial(make_engine, spec.backend, resolve_model(spec.model), get_gpu(spec.gpu),
+                             {"log_dir": server_log_dir(path.parent, spec)})
+
+
+def _pool(spec: StudySpec, path: Path, engine: Engine | None, done: list[dict[str, Any]],
+          parallel: Parallel) -> tuple[Pool, Engine | None]:
+    """The pool the trials run in, and the engine of this process (a sequential study's), if any."""
+    if parallel.workers == 1 and parallel.ray_address is None:
+        engine = engine or _engine_factory(spec, path)()
+        engine.restore(done)
+        return InlinePool(engine, spec.workload, spec.slo), engine
+    if engine is not None:
+        raise InputError("an engine object runs in this process only: pass Parallel.make_engine for workers")
+    gpus = parallel.num_gpus if parallel.num_gpus is not None else (0.0 if spec.backend in ("sim", "replay") else 1.0)
+    make = parallel.make_engine or _engine_factory(spec, path)
+    return RayPool(make, done, spec.workload, spec.slo, workers=parallel.workers, num_gpus=gpus,
+                   address=parallel.ray_address), None
 
 
 def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
-         on_trial: Callable[[dict[str, Any]], None] | None, started: float, stop_after_s: float | None) -> StudyResult:
+         on_trial: Callable[[dict[str, Any]], None] | None, started: float, stop_after_s: float | None,
+         parallel: Parallel) -> StudyResult:
     header = spec.header()
     assert spec.space is not None
     prior = memory_prior(resolve_model(spec.model), get_gpu(spec.gpu))
@@ -169,41 +218,62 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
     log = TrialLog(path, header)
     if spec.budget > logged_budget:
         log.extend(spec.budget, len(done), datetime.now(UTC).isoformat(timespec="seconds"))
-    engine = engine or make_engine(spec.backend, resolve_model(spec.model), get_gpu(spec.gpu),
-                                   {"log_dir": server_log_dir(path.parent, spec)})
-    engine.restore(done)
-    for n in range(len(done), spec.budget):
-        if stop_after_s is not None and time.monotonic() - started > stop_after_s:
-            break
-        proposal = Proposal(dict(spec.enqueue[n]), ENQUEUED) if n < len(spec.enqueue) else optimizer.ask()
-        config = spec.space.finalize(proposal.params)
-        rec = evaluate(engine, config, spec.workload, spec.slo, trial_seed(spec.seed, n), label=f"trial{n:03d}")
-        rec = {"study_id": spec.study_id, "trial": n, "seed": spec.seed, "optimizer": spec.optimizer,
-               "phase": proposal.phase, "params": proposal.params, **rec, "backend": spec.backend,
-               "engine_version": rec.get("engine_version") or engine.describe()["engine_version"],
-               "gpu": spec.gpu, "model": spec.model, "git_commit": header["git_commit"],
-               "finished": datetime.now(UTC).isoformat(timespec="seconds")}
-        try:
-            log.append_trial(rec)  # durable before the optimizer learns of it
-        except OSError as e:  # disk full, read-only remount: stop, and hand the measured record to the user
-            raise InputError(f"cannot append trial {n} to {str(path)!r}: {e.strerror or e}; the {n} trials before "
-                             f"it are safe, --resume re-runs it once the log is writable. Its record: "
-                             f"{json.dumps(rec, default=str)}") from None
-        optimizer.tell(proposal.params, outcome_of(rec))
-        if on_trial:
-            on_trial(rec)
+    logged = {rec["trial"] for rec in done}
+    todo = iter(n for n in range(spec.budget) if n not in logged)  # numbers a killed driver left first, in order
+    pool, own_engine = _pool(spec, path, engine, done, parallel)
+    in_flight: dict[int, tuple[Proposal, list[int], int]] = {}  # trial -> (proposal, pending then, told then)
+    told = len(done)
+    try:
+        while True:
+            while len(in_flight) < pool.slots and not (
+                    stop_after_s is not None and time.monotonic() - started > stop_after_s):
+                n = next(todo, None)
+                if n is None:
+                    break
+                pending = [p.params for p, _, _ in in_flight.values()]
+                proposal = Proposal(dict(spec.enqueue[n]), ENQUEUED) if n < len(spec.enqueue) \
+                    else optimizer.ask(pending)
+                pool.submit(Job(n, spec.space.finalize(proposal.params), trial_seed(spec.seed, n)))
+                in_flight[n] = (proposal, sorted(in_flight), told)
+            if not in_flight:
+                break
+            job, rec = pool.next_result()
+            proposal, pending_then, told_then = in_flight.pop(job.trial)
+            rec = {"study_id": spec.study_id, "trial": job.trial, "seed": spec.seed, "optimizer": spec.optimizer,
+                   "phase": proposal.phase, "params": proposal.params, **rec, "backend": spec.backend,
+                   "engine_version": rec.get("engine_version") or (own_engine.describe()["engine_version"]
+                                                                     if own_engine else None),
+                   "gpu": spec.gpu, "model": spec.model, "git_commit": header["git_commit"],
+                   "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                   **({"pending": pending_then, "told": told_then} if pool.slots > 1 else {})}
+            try:
+                log.append_trial(rec)  # durable before the optimizer learns of it
+            except OSError as e:  # disk full, read-only remount: stop, and hand the measured record to the user
+                raise InputError(f"cannot append trial {job.trial} to {str(path)!r}: {e.strerror or e}; the {told} "
+                                 f"trials before it are safe, --resume re-runs it once the log is writable. Its "
+                                 f"record: {json.dumps(rec, default=str)}") from None
+            optimizer.tell(proposal.params, outcome_of(rec))
+            told += 1
+            if on_trial:
+                on_trial(rec)
+    finally:
+        pool.close()
     contents = read_log(path)  # the log, not memory, is the study's record
     return StudyResult(path, contents.header, contents.trials, resumed_from=len(done))
 
 
 def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> tuple[list[dict[str, Any]], int]:
-    """Tell the optimizer every logged trial; returns them and the budget the log last recorded."""
+    """Tell the optimizer every logged trial, in the log's order (the order they were told); returns them and the
+    budget the log last recorded. Trial numbers may have gaps (trials in flight when a parallel driver died),
+    never a duplicate."""
     contents = read_log(path)
     check_same_study(path, contents, header, budget=header["budget"])
+    seen: set[int] = set()
     for i, rec in enumerate(contents.trials):
-        if rec.get("trial") != i:
-            raise InputError(f"cannot resume {str(path)!r}: record {i} is trial {rec.get('trial')!r}; "
-                             "the log has a gap or a duplicate")
+        n = rec.get("trial")
+        if not isinstance(n, int) or n in seen or not 0 <= n < max(header["budget"], len(contents.trials)):
+            raise InputError(f"cannot resume {str(path)!r}: record {i} is trial {n!r}, a duplicate or out of range")
+        seen.add(n)
         optimizer.tell(rec["params"], outcome_of(rec))
     return contents.trials, int(contents.header.get("budget") or 0)
 

@@ -82,3 +82,7 @@ class Engine(Protocol):
     def latency_floor_ms(self, workload: Workload) -> tuple[float, float]:
         """(TTFT, ITL) lower bounds in ms that no config can beat; used to reject impossible SLOs."""
         ...
+
+    def close(self) -> None:
+        """Release what the engine keeps between trials (the vllm backend's spare interpreter)."""
+        ...

@@ -142,6 +142,9 @@ class ReplayEngine:
         self.defaults = vllm_defaults(gpu, model)
         self.distance = ConfigDistance()
 
+    def close(self) -> None:
+        """Recorded measurements hold nothing open."""
+
     def describe(self) -> dict[str, Any]:
         versions = sorted({r.engine_version for r in self.records if r.crash_class is None})
         return {"backend": self.name, "engine_version": "replay:" + ",".join(versions), "gpu": self.gpu.name,

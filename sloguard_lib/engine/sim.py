@@ -96,6 +96,9 @@ class SimEngine:
         self.reserved_gib = reserved_gib  # memory held by other processes on the GPU
         self._compiled: set[tuple[int, int]] = set()  # torch.compile cache entries, by the knobs in its key
 
+    def close(self) -> None:
+        """Nothing outlives a simulated trial."""
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "engine_version": SIM_VERSION, "gpu": self.gpu.name, "model": self.model.name}
 

@@ -1,0 +1,152 @@
+"""Where a study's trials run: one at a time in this process (the default), or side by side in Ray actors.
+
+The runner (:mod:`sloguard_lib.runner`) stays the one driver: it asks, submits a trial to a pool, takes the next
+finished record, logs it (fsync) and tells the optimizer. A pool only evaluates configs, so the log's guarantees
+are the runner's with any number of workers: one writer, a record durable before its tell, nothing logged twice.
+
+``RayPool`` holds ``workers`` Ray actors, each with its own engine: ``num_gpus`` GPUs per actor on a real
+backend (Ray sets ``CUDA_VISIBLE_DEVICES``; a fraction shares one GPU), none on the sim. ``ray_address`` joins a
+running cluster (trials are placed on its GPU nodes); without it Ray starts a local one and stops it at the end.
+A worker that dies mid-trial (its process, its node) is an infrastructure fault, never a config crash: the
+trial runs again on a fresh actor, and only after ``MAX_ATTEMPTS`` lost attempts is it logged as an ``error``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .engine import Engine
+from .slo import SLO
+from .space import Config
+from .trial import evaluate
+from .workload import Workload
+
+MAX_ATTEMPTS = 3  # a trial whose worker died this many times is logged as an infrastructure error
+CLOSE_GRACE_S = 30.0  # for interrupted trials to close their servers, and for engines to close
+
+
+@dataclass(frozen=True)
+class Job:
+    trial: int
+    config: Config
+    seed: int  # the trial's load seed (trial.trial_seed)
+
+
+class Pool(Protocol):
+    slots: int  # trials that may run at once
+
+    def submit(self, job: Job) -> None: ...
+
+    def next_result(self) -> tuple[Job, dict[str, Any]]:
+        """Block until a submitted trial has finished; its job and ``evaluate`` record."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class InlinePool:
+    """One trial at a time, here: the sequential study, with no Ray imported."""
+
+    slots = 1
+
+    def __init__(self, engine: Engine, workload: Workload, slo: SLO) -> None:
+        self.engine, self.workload, self.slo = engine, workload, slo
+        self.job: Job | None = None
+
+    def submit(self, job: Job) -> None:
+        assert self.job is None, "one trial at a time"
+        self.job = job
+
+    def next_result(self) -> tuple[Job, dict[str, Any]]:
+        job, self.job = self.job, None
+        assert job is not None
+        return job, evaluate(self.engine, job.config, self.workload, self.slo, job.seed, label=f"trial{job.trial:03d}")
+
+    def close(self) -> None:
+        self.job = None
+
+
+class TrialWorker:
+    """The body of one Ray actor: an engine of its own, built where the actor runs (its GPU, its disk)."""
+
+    def __init__(self, make: Callable[[], Engine], done: Sequence[Mapping[str, Any]], workload: Workload,
+                 slo: SLO) -> None:
+        self.engine, self.workload, self.slo = make(), workload, slo
+        self.engine.restore(done)
+
+    def run(self, job: Job) -> dict[str, Any]:
+        rec = evaluate(self.engine, job.config, self.workload, self.slo, job.seed, label=f"trial{job.trial:03d}")
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return rec | {"engine_version": rec.get("engine_version") or self.engine.describe()["engine_version"],
+                      "worker": {"node": ctx.get_node_id(), "pid": os.getpid(),
+                                 "gpus": [str(g) for g in ray.get_gpu_ids()]}}
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class RayPool:
+    def __init__(self, make: Callable[[], Engine], done: Sequence[Mapping[str, Any]], workload: Workload, slo: SLO,
+                 *, workers: int, num_gpus: float = 0.0, address: str | None = None) -> None:
+        import ray
+
+        self.ray, self.slots = ray, workers
+        self.started = not ray.is_initialized()
+        if self.started:
+            ray.init(address=address, num_cpus=None if address else max(workers, os.cpu_count() or 1),
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+        self.actor_class = ray.remote(num_cpus=0 if num_gpus else 1, num_gpus=num_gpus, max_restarts=0)(TrialWorker)
+        self.args = (make, list(done), workload, slo)
+        self.running: dict[Any, tuple[Job, Any, int]] = {}  # result ref -> (job, actor, attempt)
+        self.idle = [self._actor() for _ in range(workers)]
+
+    def _actor(self) -> Any:
+        return self.actor_class.remote(*self.args)
+
+    def submit(self, job: Job, attempt: int = 1) -> None:
+        actor = self.idle.pop() if self.idle else self._actor()
+        self.running[actor.run.remote(job)] = (job, actor, attempt)
+
+    def next_result(self) -> tuple[Job, dict[str, Any]]:
+        from ray.exceptions import RayActorError, WorkerCrashedError
+
+        while True:
+            (ref,), _ = self.ray.wait(list(self.running), num_returns=1)
+            job, actor, attempt = self.running.pop(ref)
+            t0 = time.perf_counter()
+            try:
+                rec: dict[str, Any] = self.ray.get(ref)
+            except (RayActorError, WorkerCrashedError) as e:  # the worker, not the config, failed
+                lost = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if attempt < MAX_ATTEMPTS:
+                    self.submit(job, attempt + 1)  # on a fresh actor: the dead one is not reused
+                    continue
+                return job, {"config": job.config, "status": "error", "crash_class": None,
+                             "crash_message": f"worker lost on {attempt} attempts; last: {lost}", "metrics": {},
+                             "utility": None, "violated": [], "gpu_seconds": 0.0,
+                             "wall_s": time.perf_counter() - t0, "worker_attempts": attempt}
+            self.idle.append(actor)
+            return job, rec | ({"worker_attempts": attempt} if attempt > 1 else {})
+
+    def close(self) -> None:
+        """Interrupt the running trials (Ray raises KeyboardInterrupt in them, so ``evaluate`` closes their servers;
+        they are not logged and ``--resume`` runs them again), close every engine (a real one stops its spare),
+        then end the actors, and Ray itself if we started it."""
+        for ref in self.running:
+            self.ray.cancel(ref)
+        if self.running:
+            self.ray.wait(list(self.running), num_returns=len(self.running), timeout=CLOSE_GRACE_S)
+        actors = self.idle + [actor for _, actor, _ in self.running.values()]
+        closing = [a.close.remote() for a in actors]
+        self.ray.wait(closing, num_returns=len(closing), timeout=CLOSE_GRACE_S)
+        for a in actors:
+            self.ray.kill(a)
+        self.idle, self.running = [], {}
+        if self.started:
+            self.ray.shutdown()
