@@ -198,7 +198,7 @@ def _pool(spec: StudySpec, path: Path, engine: Engine | None, done: list[dict[st
     gpus = parallel.num_gpus if parallel.num_gpus is not None else (0.0 if spec.backend in ("sim", "replay") else 1.0)
     make = parallel.make_engine or _engine_factory(spec, path)
     return RayPool(make, done, spec.workload, spec.slo, workers=parallel.workers, num_gpus=gpus,
-                   address=parallel.ray_address), None
+                   address=parallel.ray_address, pid_dir=server_log_dir(path.parent, spec)), None
 
 
 def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,

@@ -17,9 +17,11 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from .engine import Engine
+from .engine import Engine, reaper
+from .errors import InputError
 from .slo import SLO
 from .space import Config
 from .trial import evaluate
@@ -93,14 +95,28 @@ class TrialWorker:
 
 class RayPool:
     def __init__(self, make: Callable[[], Engine], done: Sequence[Mapping[str, Any]], workload: Workload, slo: SLO,
-                 *, workers: int, num_gpus: float = 0.0, address: str | None = None) -> None:
-        import ray
+                 *, workers: int, num_gpus: float = 0.0, address: str | None = None,
+                 pid_dir: Path | None = None) -> None:
+        """``pid_dir``: where a local Ray's processes are recorded while it runs. Ray ends its GCS and raylet with
+        a SIGKILLed driver but not its agents (seen: ``DashboardAgent`` and ``RuntimeEnvAgent`` still alive
+        minutes later), so the next run of the study ends those (:func:`~.engine.reaper.reap_processes`)."""
+        try:
+            import ray
+        except ImportError:
+            raise InputError("--workers needs Ray: pip install 'sloguard[ray]'") from None
 
         self.ray, self.slots = ray, workers
         self.started = not ray.is_initialized()
+        self.pid_file = pid_dir / "ray_local.pids" if pid_dir and self.started and not address else None
+        if pid_dir:
+            reaper.reap_processes(pid_dir)
         if self.started:
-            ray.init(address=address, num_cpus=None if address else max(workers, os.cpu_count() or 1),
+            # "local": a cluster of our own, even where a killed run left one that ray.init would join
+            ray.init(address=address or "local", num_cpus=None if address else max(workers, os.cpu_count() or 1),
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if self.pid_file:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            reaper.record_processes(self.pid_file, reaper.descendants(os.getpid()))
         self.actor_class = ray.remote(num_cpus=0 if num_gpus else 1, num_gpus=num_gpus, max_restarts=0)(TrialWorker)
         self.args = (make, list(done), workload, slo)
         self.running: dict[Any, tuple[Job, Any, int]] = {}  # result ref -> (job, actor, attempt)
@@ -123,6 +139,8 @@ class RayPool:
             try:
                 rec: dict[str, Any] = self.ray.get(ref)
             except (RayActorError, WorkerCrashedError) as e:  # the worker, not the config, failed
+                if getattr(e, "actor_init_failed", False):  # its engine cannot be built there: no retry helps
+                    raise InputError(f"a worker could not build its engine: {str(e).splitlines()[-1]}") from None
                 lost = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 if attempt < MAX_ATTEMPTS:
                     self.submit(job, attempt + 1)  # on a fresh actor: the dead one is not reused
@@ -150,3 +168,5 @@ class RayPool:
         self.idle, self.running = [], {}
         if self.started:
             self.ray.shutdown()
+        if self.pid_file:
+            self.pid_file.unlink(missing_ok=True)

@@ -77,3 +77,47 @@ def reap(folder: Path, grace_s: float = 3.0) -> list[int]:
             ended.append(pgid)
         pid_file.unlink(missing_ok=True)
     return ended
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if d.name.isdigit():
+                ppid = int((d / "stat").read_text().rpartition(")")[2].split()[1])
+                children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return sorted(out)
+
+
+def record_processes(pid_file: Path, pids: list[int]) -> None:
+    """Like :func:`record`, for processes that are not a group of their own (a local Ray's head processes)."""
+    me = os.getpid()
+    lines = [f"{me} {start_time(me)}"] + [f"{p} {start_time(p)}" for p in pids if start_time(p) is not None]
+    pid_file.write_text("\n".join(lines) + "\n")
+
+
+def reap_processes(folder: Path) -> list[int]:
+    """SIGKILL the processes recorded by :func:`record_processes` under ``folder`` whose writer is dead and
+    that are still the processes it recorded."""
+    ended = []
+    for pid_file in sorted(folder.glob("*.pids")):
+        try:
+            (writer, writer_started), *rows = (line.split() for line in pid_file.read_text().splitlines())
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+            continue
+        if start_time(int(writer)) == writer_started:
+            continue
+        for pid, started in rows:
+            if start_time(int(pid)) == started:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), signal.SIGKILL)
+                ended.append(int(pid))
+        pid_file.unlink(missing_ok=True)
+    return ended
