@@ -105,7 +105,8 @@ def test_sigkill_of_the_driver_loses_nothing_and_leaves_no_ray_process(tmp_path:
         if log.exists() and len(read_log(log).trials) >= kill_after:
             break
         time.sleep(0.05)
-    assert driver.poll() is None, f"the study ended before the kill: {(driver.stderr or [''])[0]}"
+    if driver.poll() is not None:
+        pytest.fail(f"the study ended before the kill: {driver.stderr.read()[-2000:] if driver.stderr else ''}")
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     logged = len(read_log(log).trials)
