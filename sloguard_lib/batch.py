@@ -173,20 +173,49 @@ def check(pairs: Sequence[Pair]) -> None:
 
 
 def run(name: str, *, root: str | Path = ".", notebook: str | Path = TUNE_NOTEBOOK, kernel: str | None = None,
-        progress: bool = True) -> tuple[int, list[Path]]:
-    """Execute the tune notebook for every incomplete pair; returns how many ran and the logs of all pairs."""
-    import papermill as pm  # optional: the notebooks extra
+        progress: bool = True, workers: int = 1, num_gpus: float | None = None,
+        ray_address: str | None = None) -> tuple[int, list[Path]]:
+    """Execute the tune notebook for every incomplete pair; returns how many ran and the logs of all pairs.
+
+    ``workers`` > 1 (or a ``ray_address``) runs that many pairs side by side as Ray tasks, each holding
+    ``num_gpus`` GPUs (default: 1 on a real backend, 0 on the sim); each pair's study is its own single writer,
+    as when pairs run one after the other."""
     from tqdm.auto import tqdm
 
     pairs = load_pairs(Path(root) / PARAMS_ROOT / _check_name(name))
     check(pairs)
-    ran = 0
-    for pair in tqdm(pairs, desc="pairs", unit="pair", disable=not progress):
-        if pair.complete:
-            continue
-        pair.out_dir.mkdir(parents=True, exist_ok=True)
-        executed = pair.out_dir / f"{pair.params_file.stem}.ipynb"
-        pm.execute_notebook(str(notebook), str(executed), parameters=pair.params | {"resume": True},
-                            kernel_name=kernel, progress_bar=False, cwd=str(pair.root))
-        ran += 1
-    return ran, [p.log_path for p in pairs]
+    todo = [p for p in pairs if not p.complete]
+    jobs = [(str(notebook), str(p.out_dir / f"{p.params_file.stem}.ipynb"), p.params | {"resume": True}, kernel,
+             str(p.root)) for p in todo]
+    for p in todo:
+        p.out_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(jobs), desc="pairs", unit="pair", disable=not progress)
+    if workers == 1 and ray_address is None:
+        for job in jobs:
+            _execute(*job)
+            bar.update()
+    elif jobs:
+        from .workers import ray_session
+
+        real = any(p.params.get("backend") not in ("sim", "replay") for p in todo)
+        gpus = num_gpus if num_gpus is not None else (1.0 if real else 0.0)
+        with ray_session(workers, ray_address, todo[0].out_dir / "server_logs") as ray:
+            task = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_retries=0)(_execute)
+            running: list[Any] = []
+            for job in jobs:
+                if len(running) >= workers:
+                    (finished,), running = ray.wait(running, num_returns=1)
+                    ray.get(finished)  # a failed pair raises here, as it does when pairs run in turn
+                    bar.update()
+                running.append(task.remote(*job))
+            for ref in running:
+                ray.get(ref)
+                bar.update()
+    bar.close()
+    return len(jobs), [p.log_path for p in pairs]
+
+
+def _execute(notebook: str, executed: str, parameters: dict[str, Any], kernel: str | None, cwd: str) -> None:
+    import papermill as pm  # optional: the notebooks extra
+
+    pm.execute_notebook(notebook, executed, parameters=parameters, kernel_name=kernel, progress_bar=False, cwd=cwd)

@@ -81,6 +81,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-tpot-p99", type=float, default=None, help="optional TPOT p99 SLO in ms")
 
 
+def _parallel(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--workers", type=int, default=1, metavar="N", help=f"{what} (one GPU each on vllm)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="run the workers on this Ray cluster (e.g. auto, ray://head:10001) instead of a local one")
+    p.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                   help="GPUs each worker reserves (default: 1 on vllm, 0 on sim; 0.5 puts two on one GPU)")
+
+
 def _command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand whose --help shows every option's default."""
     return sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)  # type: ignore[no-any-return]
@@ -106,12 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.add_argument("--stop-after-s", type=float, default=None,
                       help="start no new trial after this many seconds (continue later with --resume)")
-    tune.add_argument("--workers", type=int, default=1, metavar="N",
-                      help="trials at once, each in a Ray actor with its own engine (one GPU each on vllm)")
-    tune.add_argument("--ray-address", default=None, metavar="ADDR",
-                      help="run the workers on this Ray cluster (e.g. auto, ray://head:10001) instead of a local one")
-    tune.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
-                      help="GPUs each worker's actor reserves (default: 1 on vllm, 0 on sim; 0.5 puts two on one)")
+    _parallel(tune, "trials at once, each in a Ray actor with its own engine")
 
     bench = _command(sub, "bench", help="evaluate ONE config with a workload and print its metrics")
     _common(bench)
@@ -135,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     brun = _command(bsub, "run", help="execute the tune notebook for every pending pair (resumable)")
     brun.add_argument("--name", required=True, help="the batch planned with `batch plan --name`")
     brun.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    _parallel(brun, "pairs at once, each a Ray task running its notebook")
 
     rep = _command(sub, "report", help="multi-seed statistics, summary.json and figures of a results dir")
     rep.add_argument("--results-dir", default="results/multiseed")
@@ -352,7 +356,9 @@ def cmd_batch(args: argparse.Namespace, console: Console) -> int:
                            replace=args.replace)
         console.print(f"planned {len(files)} studies in {files[0].parent}/")
         return 0
-    ran, logs = batch.run(args.name, kernel=args.kernel)
+    parallel = Parallel(args.workers, args.gpus_per_worker, args.ray_address)  # checks the values
+    ran, logs = batch.run(args.name, kernel=args.kernel, workers=parallel.workers, num_gpus=parallel.num_gpus,
+                          ray_address=parallel.ray_address)
     console.print(f"ran {ran} of {len(logs)} studies; {len(logs)} study logs complete in "
                   f"{logs[0].parent if logs else '-'}")
     return 0

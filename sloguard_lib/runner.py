@@ -36,7 +36,7 @@ from .slo import SLO
 from .space import Config, SearchSpace, build_serving_space
 from .trial import trial_seed
 from .trial_log import LogContents, TrialLog, exclusive, git_commit, holds_no_record, read_log
-from .workers import InlinePool, Job, Pool, RayPool
+from .workers import InlinePool, Job, Pool, RayPool, VirtualPool
 from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
@@ -154,6 +154,7 @@ class Parallel:
     num_gpus: float | None = None  # None: 1 on a real backend, 0 on the sim
     ray_address: str | None = None
     make_engine: Callable[[], Engine] | None = None
+    virtual: bool = False  # no Ray: the workers on a simulated clock (workers.VirtualPool), for the sim's what-ifs
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -189,9 +190,11 @@ def _engine_factory(spec: StudySpec, path: Path) -> Callable[[], Engine]:
 def _pool(spec: StudySpec, path: Path, engine: Engine | None, done: list[dict[str, Any]],
           parallel: Parallel) -> tuple[Pool, Engine | None]:
     """The pool the trials run in, and the engine of this process (a sequential study's), if any."""
-    if parallel.workers == 1 and parallel.ray_address is None:
+    if parallel.virtual or (parallel.workers == 1 and parallel.ray_address is None):
         engine = engine or _engine_factory(spec, path)()
         engine.restore(done)
+        if parallel.virtual:
+            return VirtualPool(engine, spec.workload, spec.slo, parallel.workers), engine
         return InlinePool(engine, spec.workload, spec.slo), engine
     if engine is not None:
         raise InputError("an engine object runs in this process only: pass Parallel.make_engine for workers")

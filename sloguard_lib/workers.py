@@ -13,9 +13,11 @@ trial runs again on a fresh actor, and only after ``MAX_ATTEMPTS`` lost attempts
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -72,6 +74,30 @@ class InlinePool:
         self.job = None
 
 
+class VirtualPool:
+    """``workers`` GPUs on a simulated clock, for what-if runs on the sim (``benchmarks/parallel.py``): each trial
+    is evaluated here at once and finishes ``gpu_seconds`` (the sim's simulated start-up + load) after it was
+    submitted; results come back in the order of those finish times. Records carry ``virtual_start_s`` and
+    ``virtual_end_s``: the study's wall clock had it run on that many GPUs."""
+
+    def __init__(self, engine: Engine, workload: Workload, slo: SLO, workers: int) -> None:
+        self.engine, self.workload, self.slo, self.slots = engine, workload, slo, workers
+        self.now = 0.0
+        self.running: list[tuple[float, int, Job, dict[str, Any]]] = []  # a heap on the finish time
+
+    def submit(self, job: Job) -> None:
+        rec = evaluate(self.engine, job.config, self.workload, self.slo, job.seed, label=f"trial{job.trial:03d}")
+        end = self.now + (rec.get("gpu_seconds") or 0.0)
+        heapq.heappush(self.running, (end, job.trial, job, rec | {"virtual_start_s": self.now, "virtual_end_s": end}))
+
+    def next_result(self) -> tuple[Job, dict[str, Any]]:
+        self.now, _, job, rec = heapq.heappop(self.running)
+        return job, rec
+
+    def close(self) -> None:
+        self.running = []
+
+
 class TrialWorker:
     """The body of one Ray actor: an engine of its own, built where the actor runs (its GPU, its disk)."""
 
@@ -93,31 +119,45 @@ class TrialWorker:
         self.engine.close()
 
 
+@contextlib.contextmanager
+def ray_session(workers: int, address: str | None, pid_dir: Path | None) -> Iterator[Any]:
+    """Ray, connected: to the cluster at ``address``, or to a local one started here (and stopped at the end).
+
+    ``pid_dir``: where a local Ray's processes are recorded while it runs. Ray ends its GCS and raylet with a
+    SIGKILLed driver but not its agents (seen: ``DashboardAgent`` and ``RuntimeEnvAgent`` still alive minutes
+    later), so the next run ends those (:func:`~.engine.reaper.reap_processes`)."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--workers needs Ray: pip install 'sloguard[ray]'") from None
+    if pid_dir:
+        reaper.reap_processes(pid_dir)
+    if ray.is_initialized():  # a caller's own session (a notebook that ran ray.init): use it, leave it running
+        yield ray
+        return
+    # "local": a cluster of our own, even where a killed run left one that ray.init would join
+    ray.init(address=address or "local", num_cpus=None if address else max(workers, os.cpu_count() or 1),
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    pid_file = pid_dir / "ray_local.pids" if pid_dir and not address else None
+    if pid_file:
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        reaper.record_processes(pid_file, reaper.descendants(os.getpid()))
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if pid_file:
+            pid_file.unlink(missing_ok=True)
+
+
 class RayPool:
     def __init__(self, make: Callable[[], Engine], done: Sequence[Mapping[str, Any]], workload: Workload, slo: SLO,
                  *, workers: int, num_gpus: float = 0.0, address: str | None = None,
                  pid_dir: Path | None = None) -> None:
-        """``pid_dir``: where a local Ray's processes are recorded while it runs. Ray ends its GCS and raylet with
-        a SIGKILLed driver but not its agents (seen: ``DashboardAgent`` and ``RuntimeEnvAgent`` still alive
-        minutes later), so the next run of the study ends those (:func:`~.engine.reaper.reap_processes`)."""
-        try:
-            import ray
-        except ImportError:
-            raise InputError("--workers needs Ray: pip install 'sloguard[ray]'") from None
-
-        self.ray, self.slots = ray, workers
-        self.started = not ray.is_initialized()
-        self.pid_file = pid_dir / "ray_local.pids" if pid_dir and self.started and not address else None
-        if pid_dir:
-            reaper.reap_processes(pid_dir)
-        if self.started:
-            # "local": a cluster of our own, even where a killed run left one that ray.init would join
-            ray.init(address=address or "local", num_cpus=None if address else max(workers, os.cpu_count() or 1),
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
-        if self.pid_file:
-            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-            reaper.record_processes(self.pid_file, reaper.descendants(os.getpid()))
-        self.actor_class = ray.remote(num_cpus=0 if num_gpus else 1, num_gpus=num_gpus, max_restarts=0)(TrialWorker)
+        self.stack = contextlib.ExitStack()
+        self.ray, self.slots = self.stack.enter_context(ray_session(workers, address, pid_dir)), workers
+        remote = self.ray.remote(num_cpus=0 if num_gpus else 1, num_gpus=num_gpus, max_restarts=0)
+        self.actor_class = remote(TrialWorker)
         self.args = (make, list(done), workload, slo)
         self.running: dict[Any, tuple[Job, Any, int]] = {}  # result ref -> (job, actor, attempt)
         self.idle = [self._actor() for _ in range(workers)]
@@ -166,7 +206,4 @@ class RayPool:
         for a in actors:
             self.ray.kill(a)
         self.idle, self.running = [], {}
-        if self.started:
-            self.ray.shutdown()
-        if self.pid_file:
-            self.pid_file.unlink(missing_ok=True)
+        self.stack.close()

@@ -39,14 +39,14 @@ def _execute(name: str, tmp_path: Path, **params: object) -> nbformat.NotebookNo
 
 @pytest.fixture(scope="module")
 def batch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2 seeds x 2 optimizers batch run through `sloguard batch plan/run` (the tune notebook), from another
-    working directory than the project's (paths in a plan are relative to the project, not to the cwd)."""
+    """A 2 seeds x 2 optimizers batch run through `sloguard batch plan/run --workers 2` (the tune notebook), from
+    another working directory than the project's (paths in a plan are relative to the project, not to the cwd)."""
     root = tmp_path_factory.mktemp("batch")
     files = batch.plan("t", [1, 2], ["random", "tba-tpe"], budget=3, backend="sim", model="qwen2-1.5b",
                        gpu="a100-40gb", slo=__import__("sloguard_lib.slo").slo.SLO(500, 100),
                        workload="concurrency=16,num_requests=32,input_len=256,output_len=64", root=root)
     assert len(files) == 4 and files[0].parent == root / "papermill_params" / "t"
-    ran, logs = batch.run("t", root=root, kernel="python3", progress=False)
+    ran, logs = batch.run("t", root=root, kernel="python3", progress=False, workers=2)  # two pairs at once, on Ray
     assert ran == 4 and all(len(read_log(p).trials) == 3 for p in logs)
     assert len(list((root / "results" / "t").glob("*.ipynb"))) == 4  # executed copies next to the logs
     return root / "results" / "t"
