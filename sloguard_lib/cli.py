@@ -38,7 +38,7 @@ from .runner import (
     run_study,
     server_log_dir,
 )
-from .slo import SLO
+from .slo import GOODPUT_DEFS, SLO
 from .space import BOOL_KNOBS, NUMERIC_KNOBS, SearchSpace, build_serving_space, load_space_file, parse_range_override
 from .trial import evaluate, trial_seed
 from .trial_log import read_log
@@ -79,6 +79,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-itl-p99", type=float, default=100.0, help="ITL p99 SLO in ms")
     p.add_argument("--slo-e2e-p99", type=float, default=None, help="optional E2E p99 SLO in ms")
     p.add_argument("--slo-tpot-p99", type=float, default=None, help="optional TPOT p99 SLO in ms")
+    p.add_argument("--goodput-def", default="sloguard", choices=GOODPUT_DEFS,
+                   help="which goodput the optimizer maximises: sloguard (per-request TTFT and ITL p99) or vllm "
+                        "(`vllm bench serve --goodput ttft:TTFT tpot:TPOT-or-ITL [e2el:E2E]`); both are recorded")
 
 
 def _parallel(p: argparse.ArgumentParser, what: str) -> None:
@@ -163,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _slo(args: argparse.Namespace) -> SLO:
-    return SLO(args.slo_ttft_p99, args.slo_itl_p99, args.slo_e2e_p99, args.slo_tpot_p99)
+    return SLO(args.slo_ttft_p99, args.slo_itl_p99, args.slo_e2e_p99, args.slo_tpot_p99,
+               getattr(args, "goodput_def", "sloguard"))
 
 
 def _space(args: argparse.Namespace, gpu: str, workload: Workload) -> SearchSpace:

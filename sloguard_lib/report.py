@@ -38,7 +38,7 @@ def identity(header: Mapping[str, Any]) -> dict[str, str]:
     ``workload.concurrency``, ...; the space as a digest of its knobs)."""
     out = {"model": str(header.get("model")), "gpu": str(header.get("gpu")), "backend": str(header.get("backend")),
            "budget": str(header.get("budget"))}
-    for k, v in (header.get("slo") or {}).items():
+    for k, v in ({"goodput_def": "sloguard"} | (header.get("slo") or {})).items():  # logs from before it existed
         out[f"slo.{k}"] = str(v)
     for k, v in Workload.from_dict(header.get("workload") or {}).to_dict().items():
         out[f"workload.{k}"] = str(v)

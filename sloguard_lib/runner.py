@@ -144,6 +144,10 @@ def server_log_dir(out_dir: str | Path, spec: StudySpec) -> Path:
     return Path(out_dir) / "server_logs" / spec.study_id
 
 
+MAX_WORKERS = 256  # trials at once; beyond any GPU box or cluster we have heard of a tuner using
+MAX_GPUS_PER_WORKER = 64  # a tensor-parallel server spans at most a few nodes
+
+
 @dataclass(frozen=True)
 class Parallel:
     """How many trials run at once, and where: ``workers`` Ray actors (``num_gpus`` each; 0 on the sim) on the
@@ -157,10 +161,10 @@ class Parallel:
     virtual: bool = False  # no Ray: the workers on a simulated clock (workers.VirtualPool), for the sim's what-ifs
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise InputError(f"--workers must be >= 1, got {self.workers}")
-        if self.num_gpus is not None and self.num_gpus < 0:
-            raise InputError(f"--gpus-per-worker must be >= 0, got {self.num_gpus}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise InputError(f"--workers must be 1..{MAX_WORKERS}, got {self.workers}")
+        if self.num_gpus is not None and not 0 <= self.num_gpus <= MAX_GPUS_PER_WORKER:  # also NaN
+            raise InputError(f"--gpus-per-worker must be 0..{MAX_GPUS_PER_WORKER}, got {self.num_gpus}")
 
 
 def run_study(
@@ -287,6 +291,8 @@ def check_same_study(path: Path, contents: LogContents, header: Mapping[str, Any
         logged = contents.header.get(key, [] if key == "enqueue" else None)  # logs from before --enqueue
         if key == "workload" and logged is not None:  # fields added since the log was written take defaults
             logged = Workload.from_dict(logged).to_dict()
+        if key == "slo" and logged is not None:
+            logged = SLO.from_dict(logged).to_dict()
         where = first_difference(_norm(logged), _norm(header.get(key)), key)
         if where is not None:
             field_name, was, asked = where

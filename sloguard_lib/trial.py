@@ -56,7 +56,7 @@ def evaluate(
     metrics = summarize(load)
     verdict = slo.evaluate(load, metrics)
     metrics |= {"goodput_tok_s": verdict.goodput_tok_s, "goodput_req_s": verdict.goodput_req_s,
-                "slo_attainment": verdict.attainment}
+                "slo_attainment": verdict.attainment, **verdict.by_definition}
     return rec | {
         "status": "ok" if verdict.feasible else "slo_violation", "metrics": metrics, "utility": verdict.utility,
         "violated": verdict.violated, "slo_usage": verdict.usage, "load_s": load.duration_s,

@@ -150,12 +150,25 @@ def ray_session(workers: int, address: str | None, pid_dir: Path | None) -> Iter
             pid_file.unlink(missing_ok=True)
 
 
+def check_gpus(ray: Any, workers: int, num_gpus: float) -> None:
+    """Refuse what the cluster cannot hold: a worker beyond its GPUs would wait for one forever."""
+    have = float(ray.cluster_resources().get("GPU", 0.0))
+    if num_gpus and have < workers * num_gpus:
+        raise InputError(f"{workers} workers at {num_gpus:g} GPU each need {workers * num_gpus:g} GPUs; this Ray "
+                         f"cluster has {have:g} (lower --workers or --gpus-per-worker)")
+
+
 class RayPool:
     def __init__(self, make: Callable[[], Engine], done: Sequence[Mapping[str, Any]], workload: Workload, slo: SLO,
                  *, workers: int, num_gpus: float = 0.0, address: str | None = None,
                  pid_dir: Path | None = None) -> None:
         self.stack = contextlib.ExitStack()
         self.ray, self.slots = self.stack.enter_context(ray_session(workers, address, pid_dir)), workers
+        try:
+            check_gpus(self.ray, workers, num_gpus)
+        except InputError:
+            self.stack.close()
+            raise
         remote = self.ray.remote(num_cpus=0 if num_gpus else 1, num_gpus=num_gpus, max_restarts=0)
         self.actor_class = remote(TrialWorker)
         self.args = (make, list(done), workload, slo)

@@ -213,3 +213,23 @@ def test_a_full_disk_stops_the_study_with_the_record_in_the_error(tmp_path: Path
     monkeypatch.setattr(TrialLog, "append_trial", append)
     resumed = run_study(spec(budget=3), tmp_path, resume=True)
     assert [t["trial"] for t in resumed.trials] == [0, 1, 2]
+
+
+def test_the_goodput_definition_picks_the_utility_and_both_are_recorded(tmp_path: Path) -> None:
+    """Strict ITL SLO on the sim: the per-request ITL p99 fails requests whose TPOT passes, so the two goodputs
+    differ, and each study maximises its own."""
+    slo = SLO(2000, 30)
+    wl = Workload(concurrency=32, num_requests=64)
+    ours = run_study(StudySpec("qwen2-1.5b", "a100-40gb", "random", seed=4, budget=6, slo=slo, workload=wl),
+                     tmp_path / "a").trials
+    theirs = run_study(StudySpec("qwen2-1.5b", "a100-40gb", "random", seed=4, budget=6,
+                                 slo=SLO(2000, 30, goodput_def="vllm"), workload=wl), tmp_path / "b").trials
+    ran = [(a, b) for a, b in zip(ours, theirs, strict=True) if a["metrics"]]
+    assert ran and all(a["config"] == b["config"] for a, b in ran)
+    for a, b in ran:
+        assert a["metrics"]["goodput_tok_s"] == a["metrics"]["goodput_sloguard_tok_s"]
+        assert b["metrics"]["goodput_tok_s"] == b["metrics"]["goodput_vllm_tok_s"]
+        assert b["metrics"]["goodput_vllm_tok_s"] >= a["metrics"]["goodput_sloguard_tok_s"]  # TPOT <= the ITL p99
+    assert any(b["metrics"]["goodput_vllm_tok_s"] > a["metrics"]["goodput_sloguard_tok_s"] for a, b in ran)
+    with pytest.raises(InputError, match="goodput definition 'mine'"):
+        SLO(goodput_def="mine")

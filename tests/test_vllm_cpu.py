@@ -7,8 +7,10 @@ Every server start costs ~30-60 s on two cores, so the module runs four starts i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -17,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from sloguard_lib.engine.vllm import port_in_use
+from sloguard_lib.metrics import LoadResult, RequestResult, summarize
+from sloguard_lib.slo import SLO
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "sloguard_lib" / "models" / "tiny-qwen2"
@@ -142,3 +146,41 @@ def test_synthetic_tokenizer_round_trips_in_vllm(vllm_env: dict[str, str], tmp_p
     assert got["decoded"] == "w100 w1045 w1495 w20000 w151835"
     assert got["lens"] == [512]  # vllm bench serve's prompts are as long as it says
     assert got["cached_share"] < 0.01  # ... and as unique: the old tokenizer gave 0.45
+
+
+VLLM_GOODPUT = """
+import json, sys
+from vllm.benchmarks.lib.endpoint_request_func import RequestFuncOutput
+from vllm.benchmarks.serve import calculate_metrics
+data = json.load(sys.stdin)
+outs = [RequestFuncOutput(success=r["ok"], latency=r["e2e_s"], output_tokens=r["output_tokens"], ttft=r["ttft_s"],
+                          itl=r["itl_s"], prompt_len=16) for r in data["requests"]]
+metrics, _ = calculate_metrics([], outs, data["duration_s"], None, [99.0], data["goodput"])
+print(metrics.request_goodput)
+"""
+
+
+def test_the_vllm_goodput_definition_is_vllm_bench_serves_own(vllm_env: dict[str, str]) -> None:
+    """The same requests through ``SLO.evaluate`` (``goodput_def="vllm"``) and vLLM's ``calculate_metrics`` with
+    ``--goodput ttft:500 tpot:100 e2el:3000``: the same request goodput."""
+    rng = random.Random(7)
+    reqs = []
+    for i in range(200):
+        n = rng.choice([1, 2, 64, 128])
+        ttft = rng.choice([0.5, 0.5000001, rng.uniform(0.05, 0.9)])  # on the threshold, just above, anywhere
+        itl = [rng.expovariate(1 / 0.03) for _ in range(n - 1)]  # TPOT ~30 ms, ITL p99 ~140 ms
+        reqs.append(RequestResult(i, ok=rng.random() > 0.05, prompt_tokens=16, output_tokens=n, ttft_s=ttft,
+                                  itl_s=itl, e2e_s=ttft + sum(itl)))
+    load = LoadResult(requests=reqs, duration_s=12.5)
+    slo = SLO(500, 100, e2e_p99_ms=3000, goodput_def="vllm")
+    ours = slo.evaluate(load, summarize(load))
+    data = {"requests": [dataclasses.asdict(r) for r in reqs], "duration_s": 12.5,
+            "goodput": {"ttft": 500, "tpot": 100, "e2el": 3000}}
+    done = subprocess.run([vllm_env["SLOGUARD_VLLM_PYTHON"], "-c", VLLM_GOODPUT], input=json.dumps(data),
+                          capture_output=True, text=True, env=vllm_env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = float(done.stdout.strip().splitlines()[-1])
+    assert 2 < ours.goodput_req_s * 12.5 < 190  # the cases are mixed: some good, many not
+    assert ours.goodput_req_s == pytest.approx(theirs, abs=1e-12)
+    assert ours.by_definition["goodput_vllm_req_s"] == ours.goodput_req_s
+    assert ours.by_definition["goodput_sloguard_req_s"] != ours.goodput_req_s  # ITL p99 is stricter than TPOT
