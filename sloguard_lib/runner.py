@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -146,6 +147,7 @@ def server_log_dir(out_dir: str | Path, spec: StudySpec) -> Path:
 
 MAX_WORKERS = 256  # trials at once; beyond any GPU box or cluster we have heard of a tuner using
 MAX_GPUS_PER_WORKER = 64  # a tensor-parallel server spans at most a few nodes
+RAY_ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9.\-]{1,253}:\d{1,5}")  # what ray.init(address=...) takes
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ class Parallel:
             raise InputError(f"--workers must be 1..{MAX_WORKERS}, got {self.workers}")
         if self.num_gpus is not None and not 0 <= self.num_gpus <= MAX_GPUS_PER_WORKER:  # also NaN
             raise InputError(f"--gpus-per-worker must be 0..{MAX_GPUS_PER_WORKER}, got {self.num_gpus}")
+        if self.ray_address is not None and not RAY_ADDRESS.fullmatch(self.ray_address):
+            raise InputError(f"--ray-address {self.ray_address[:80]!r}: expected auto, HOST:PORT or ray://HOST:PORT")
 
 
 def run_study(
