@@ -195,10 +195,10 @@ def run(name: str, *, root: str | Path = ".", notebook: str | Path = TUNE_NOTEBO
             _execute(*job)
             bar.update()
     elif jobs:
+        from .engine import ON_GPU
         from .workers import check_gpus, ray_session
 
-        real = any(p.params.get("backend") not in ("sim", "replay") for p in todo)
-        gpus = num_gpus if num_gpus is not None else (1.0 if real else 0.0)
+        gpus = num_gpus if num_gpus is not None else float(any(p.params.get("backend") in ON_GPU for p in todo))
         with ray_session(workers, ray_address, todo[0].out_dir / "server_logs") as ray:
             check_gpus(ray, min(workers, len(jobs)), gpus)
             task = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_retries=0)(_execute)

@@ -230,7 +230,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
     parallel = Parallel(args.workers, args.gpus_per_worker, args.ray_address,
                         functools.partial(make_engine, backend, resolve_model(args.model), get_gpu(gpu), options))
-    if parallel.workers > 1 or parallel.ray_address:
+    if parallel.on_ray:
         engine.close()
         console.print(f"{parallel.workers} workers on Ray ({parallel.ray_address or 'local'})")
     console.print(f"[bold]SLO-Guard[/] {spec.optimizer} on {backend}: {spec.model} / {gpu}, "
@@ -248,7 +248,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
 
         try:
             result = run_study(spec, args.out, resume=args.resume,
-                               engine=None if parallel.workers > 1 or parallel.ray_address else engine,
+                               engine=None if parallel.on_ray else engine,
                                on_trial=on_trial if not args.quiet else None, stop_after_s=args.stop_after_s,
                                parallel=parallel)
         except KeyboardInterrupt:

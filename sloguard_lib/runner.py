@@ -17,6 +17,7 @@ in flight is not logged, and ``--resume`` runs it again.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .engine import Engine, make_engine
+from .engine import ON_GPU, Engine, make_engine
 from .errors import InputError
 from .hardware import get_gpu, kv_budget_tokens, memory_prior, resolve_model
 from .incumbent import incumbent
@@ -170,6 +171,10 @@ class Parallel:
         if self.ray_address is not None and not RAY_ADDRESS.fullmatch(self.ray_address):
             raise InputError(f"--ray-address {self.ray_address[:80]!r}: expected auto, HOST:PORT or ray://HOST:PORT")
 
+    @property
+    def on_ray(self) -> bool:
+        return not self.virtual and (self.workers > 1 or self.ray_address is not None)
+
 
 def run_study(
     spec: StudySpec, out_dir: str | Path, *, resume: bool = False, engine: Engine | None = None,
@@ -189,8 +194,6 @@ def run_study(
 
 
 def _engine_factory(spec: StudySpec, path: Path) -> Callable[[], Engine]:
-    import functools
-
     return functools.partial(make_engine, spec.backend, resolve_model(spec.model), get_gpu(spec.gpu),
                              {"log_dir": server_log_dir(path.parent, spec)})
 
@@ -198,7 +201,7 @@ def _engine_factory(spec: StudySpec, path: Path) -> Callable[[], Engine]:
 def _pool(spec: StudySpec, path: Path, engine: Engine | None, done: list[dict[str, Any]],
           parallel: Parallel) -> tuple[Pool, Engine | None]:
     """The pool the trials run in, and the engine of this process (a sequential study's), if any."""
-    if parallel.virtual or (parallel.workers == 1 and parallel.ray_address is None):
+    if not parallel.on_ray:
         engine = engine or _engine_factory(spec, path)()
         engine.restore(done)
         if parallel.virtual:
@@ -206,7 +209,7 @@ def _pool(spec: StudySpec, path: Path, engine: Engine | None, done: list[dict[st
         return InlinePool(engine, spec.workload, spec.slo), engine
     if engine is not None:
         raise InputError("an engine object runs in this process only: pass Parallel.make_engine for workers")
-    gpus = parallel.num_gpus if parallel.num_gpus is not None else (0.0 if spec.backend in ("sim", "replay") else 1.0)
+    gpus = parallel.num_gpus if parallel.num_gpus is not None else float(spec.backend in ON_GPU)
     make = parallel.make_engine or _engine_factory(spec, path)
     return RayPool(make, done, spec.workload, spec.slo, workers=parallel.workers, num_gpus=gpus,
                    address=parallel.ray_address, pid_dir=server_log_dir(path.parent, spec)), None

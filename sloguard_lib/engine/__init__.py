@@ -26,6 +26,10 @@ BACKENDS: dict[str, EngineFactory] = {
 }
 
 
+#: the backends whose servers run on a GPU: a worker of theirs reserves one (workers.py)
+ON_GPU = frozenset({"vllm"})
+
+
 def default_backend() -> str:
     """``vllm`` on a machine with a GPU, else the embedded simulator."""
     return "vllm" if has_gpu() else "sim"
@@ -67,5 +71,5 @@ def make_engine(backend: str, model: ModelShape, gpu: GpuProfile, options: Mappi
     return factory(model, gpu, options or {})
 
 
-__all__ = ["BACKENDS", "CRASH_CLASSES", "Engine", "EngineCrash", "Server", "ServerInfo", "default_backend",
+__all__ = ["BACKENDS", "CRASH_CLASSES", "ON_GPU", "Engine", "EngineCrash", "Server", "ServerInfo", "default_backend",
            "make_engine", "placement"]
