@@ -1,4 +1,5 @@
-"""Where a study's trials run: one at a time in this process (the default), or side by side in Ray actors.
+"""Where a study's trials run: one at a time in this process (the default), side by side in Ray actors, or on a
+simulated clock (``VirtualPool``: N GPUs of the sim, for ``benchmarks/parallel.py``).
 
 The runner (:mod:`sloguard_lib.runner`) stays the one driver: it asks, submits a trial to a pool, takes the next
 finished record, logs it (fsync) and tells the optimizer. A pool only evaluates configs, so the log's guarantees

@@ -17,6 +17,10 @@ grep -v '^\s*#' "$DEPS" | grep -v '^\s*$' | while read -r req; do pipdl "$req"; 
 # and the client of `vllm bench serve` (benchmarks/client_agreement.py)
 for req in optuna alembic sqlalchemy colorlog mako greenlet aiohttp aiohappyeyeballs aiosignal frozenlist multidict \
            yarl propcache attrs; do pipdl "$req"; done
+# WITH_RAY=1: Ray for `sloguard tune --workers` (~70 MB more: one or two more parts)
+if [ "${WITH_RAY:-0}" = 1 ]; then
+  for req in ray click jsonschema jsonschema-specifications referencing rpds-py msgpack; do pipdl "$req"; done
+fi
 rm -f .devpkg/parts/part_*
 tar -cf .devpkg/bundle.tar -C .devpkg wheels
 split -b 55000000 -d -a 2 .devpkg/bundle.tar .devpkg/parts/part_
