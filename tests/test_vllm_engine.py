@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -149,6 +150,7 @@ def test_a_dead_spare_falls_back_to_a_plain_start(tmp_path: Path) -> None:
     eng = engine(tmp_path)
     eng.launch({}, trial_seed=0).close()
     spare = eng._spare[0]
+    assert select.select([spare.proc.stdout], [], [], 60)[0]  # it has imported: its READY waits in the pipe
     os.killpg(spare.proc.pid, signal.SIGKILL)  # e.g. the OOM killer took it between trials
     server = eng.launch({}, trial_seed=1)
     assert server.info.extra["launcher"].startswith("plain (spare fault: spare ")  # not ready, or died at the hand-off

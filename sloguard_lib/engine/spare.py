@@ -118,7 +118,8 @@ class Spare:
         self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
-                pipe.close()
+                with contextlib.suppress(OSError):  # closing flushes what a dead spare will never read
+                    pipe.close()
         self._stderr.close()
         self.log_path.unlink(missing_ok=True)
 
