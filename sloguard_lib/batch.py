@@ -54,6 +54,12 @@ def plan(name: str, seeds: Sequence[int], optimizers: Sequence[str], *, budget: 
     ``root/results/<name>/``. An identical existing plan is left as it is; a different one is an error unless
     ``replace`` (then its files are removed first)."""
     folder = Path(root) / PARAMS_ROOT / _check_name(name)
+    dropped = [flag for flag, set_ in (("--slo-e2e-p99", slo.e2e_p99_ms is not None),
+                                       ("--slo-tpot-p99", slo.tpot_p99_ms is not None),
+                                       ("--goodput-def", slo.goodput_def != SLO().goodput_def)) if set_]
+    if dropped:  # the tune notebook's parameters hold the TTFT and ITL SLOs only
+        raise InputError(f"batch plan carries only the TTFT and ITL SLOs into its notebooks; {', '.join(dropped)} "
+                         "would be ignored: run those studies with `sloguard tune`")
     wl = parse_workload(workload)
     wanted: dict[str, dict[str, Any]] = {}
     for seed in seeds:

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _slo(args: argparse.Namespace) -> SLO:
     return SLO(args.slo_ttft_p99, args.slo_itl_p99, args.slo_e2e_p99, args.slo_tpot_p99,
-               getattr(args, "goodput_def", "sloguard"))
+               args.goodput_def)
 
 
 def _space(args: argparse.Namespace, gpu: str, workload: Workload) -> SearchSpace:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from . import stats
 from .errors import InputError
+from .slo import SLO
 from .trial_log import is_trial_log, read_log
 from .workload import Workload
 
@@ -38,7 +39,7 @@ def identity(header: Mapping[str, Any]) -> dict[str, str]:
     ``workload.concurrency``, ...; the space as a digest of its knobs)."""
     out = {"model": str(header.get("model")), "gpu": str(header.get("gpu")), "backend": str(header.get("backend")),
            "budget": str(header.get("budget"))}
-    for k, v in ({"goodput_def": "sloguard"} | (header.get("slo") or {})).items():  # logs from before it existed
+    for k, v in ({"goodput_def": SLO().goodput_def} | (header.get("slo") or {})).items():  # logs from before it
         out[f"slo.{k}"] = str(v)
     for k, v in Workload.from_dict(header.get("workload") or {}).to_dict().items():
         out[f"workload.{k}"] = str(v)

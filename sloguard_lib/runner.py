@@ -6,8 +6,8 @@ and each says which trials were pending when it was proposed (``pending``) and h
 before (``told``). Replaying the log in its order rebuilds the optimizer the driver had; trials in flight when
 the driver died have no record, and ``--resume`` proposes those trial numbers again.
 
-Resume replays every logged trial into a fresh optimizer (``tell`` only) and continues from the next
-trial number. Because the log is written before ``tell`` and optimizers are history-deterministic, a study
+Resume replays every logged trial into a fresh optimizer (``tell`` only) and continues with the trial
+numbers not yet logged. Because the log is written before ``tell`` and optimizers are history-deterministic, a study
 killed at any instant and resumed produces the same trials as one that was never interrupted: none lost,
 none repeated. The study holds its log's lock throughout (:func:`~sloguard_lib.trial_log.exclusive`), so a
 second writer is refused instead of duplicating trials. An interrupt (Ctrl-C, SIGTERM, SIGHUP: see
@@ -285,7 +285,7 @@ def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> tupl
     seen: set[int] = set()
     for i, rec in enumerate(contents.trials):
         n = rec.get("trial")
-        if not isinstance(n, int) or n in seen or not 0 <= n < max(header["budget"], len(contents.trials)):
+        if not isinstance(n, int) or n in seen or not 0 <= n < header["budget"]:
             raise InputError(f"cannot resume {str(path)!r}: record {i} is trial {n!r}, a duplicate or out of range")
         seen.add(n)
         optimizer.tell(rec["params"], outcome_of(rec))

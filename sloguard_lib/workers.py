@@ -40,6 +40,10 @@ class Job:
     config: Config
     seed: int  # the trial's load seed (trial.trial_seed)
 
+    def run(self, engine: Engine, workload: Workload, slo: SLO) -> dict[str, Any]:
+        """The trial on ``engine``: its ``evaluate`` record, the server log named after the trial."""
+        return evaluate(engine, self.config, workload, slo, self.seed, label=f"trial{self.trial:03d}")
+
 
 class Pool(Protocol):
     slots: int  # trials that may run at once
@@ -69,7 +73,7 @@ class InlinePool:
     def next_result(self) -> tuple[Job, dict[str, Any]]:
         job, self.job = self.job, None
         assert job is not None
-        return job, evaluate(self.engine, job.config, self.workload, self.slo, job.seed, label=f"trial{job.trial:03d}")
+        return job, job.run(self.engine, self.workload, self.slo)
 
     def close(self) -> None:
         self.job = None
@@ -87,7 +91,7 @@ class VirtualPool:
         self.running: list[tuple[float, int, Job, dict[str, Any]]] = []  # a heap on the finish time
 
     def submit(self, job: Job) -> None:
-        rec = evaluate(self.engine, job.config, self.workload, self.slo, job.seed, label=f"trial{job.trial:03d}")
+        rec = job.run(self.engine, self.workload, self.slo)
         end = self.now + (rec.get("gpu_seconds") or 0.0)
         heapq.heappush(self.running, (end, job.trial, job, rec | {"virtual_start_s": self.now, "virtual_end_s": end}))
 
@@ -108,7 +112,7 @@ class TrialWorker:
         self.engine.restore(done)
 
     def run(self, job: Job) -> dict[str, Any]:
-        rec = evaluate(self.engine, job.config, self.workload, self.slo, job.seed, label=f"trial{job.trial:03d}")
+        rec = job.run(self.engine, self.workload, self.slo)
         import ray
 
         ctx = ray.get_runtime_context()

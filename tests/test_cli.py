@@ -77,3 +77,13 @@ def test_argparse_errors_also_exit_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["tune", "--optimizer", "bayes"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("flag", [["--slo-e2e-p99", "900"], ["--slo-tpot-p99", "40"], ["--goodput-def", "vllm"]])
+def test_batch_plan_refuses_slo_settings_its_notebooks_would_drop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    flag: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["batch", "plan", "--name", "b", "--backend", "sim", *flag]) == 2
+    assert f"{flag[0]} would be ignored" in capsys.readouterr().err
+    assert not (tmp_path / "papermill_params").exists()

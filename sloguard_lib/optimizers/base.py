@@ -6,7 +6,7 @@ optimizer without a preceding ``ask``, so an optimizer must accept told params i
 its next ``ask`` must depend only on (seed, told history, pending) -- that makes a resumed study propose
 exactly what the uninterrupted one would have.
 
-``ask(pending)``: the configs proposed and still running (parallel trials, :mod:`sloguard_lib.study.workers`).
+``ask(pending)``: the configs proposed and still running (parallel trials, :mod:`sloguard_lib.workers`).
 An optimizer must not propose one of them again, and should spread away from them (Optuna's constant liar for
 TPE, pending excluded from TBA's candidates and distances, a kriging believer in the BO acquisition). With no
 pending config every optimizer proposes exactly what it did before pending existed, so older logs resume.
