@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--enqueue", action="append", default=[], metavar="JSON|FILE",
                       help="evaluate this config first (a JSON object, or a YAML/JSON file of one or a list); "
                            "repeatable, in order")
+    tune.add_argument("--early-stop", action="store_true",
+                      help="end a trial's load once its SLO verdict is decided or it cannot beat the incumbent "
+                           "(the record says why and when)")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.add_argument("--stop-after-s", type=float, default=None,
                       help="start no new trial after this many seconds (continue later with --resume)")
@@ -224,7 +228,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
         raise InputError(f"--stop-after-s must be a positive number of seconds, got {args.stop_after_s}")
     spec = StudySpec(model=args.model, gpu=gpu, optimizer=args.optimizer, seed=args.seed, budget=args.budget,
                      backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload),
-                     enqueue=tuple(c for text in args.enqueue for c in _configs(text)))
+                     enqueue=tuple(c for text in args.enqueue for c in _configs(text)), early_stop=args.early_stop)
     options = _engine_options(args) | {"log_dir": server_log_dir(args.out, spec)}
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), options)
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
@@ -274,6 +278,9 @@ def _print_summary(result: StudyResult, console: Console) -> None:
     table.add_row("feasible / SLO miss / crash / error",
                   f"{counts['ok']} / {counts['slo_violation']} / {counts['crash']} / {counts['error']}")
     table.add_row("crash waste", f"{100 * result.crash_waste:.1f} % of GPU-seconds")
+    stops = Counter(t["early_stop"]["reason"] for t in result.trials if t.get("early_stop"))
+    if stops:
+        table.add_row("early stops", ", ".join(f"{n} x {why}" for why, n in stops.most_common()))
     approximate = sum(bool((t.get("engine_info") or {}).get("approximate")) for t in result.trials)
     if approximate:
         table.add_row("approximate answers", f"{approximate} of {len(result.trials)} trials answered from the "

@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 
 from . import __version__
-from .metrics import LoadResult, RequestResult
+from .metrics import LoadResult, RequestResult, truncate
 from .model_folder import word
 from .workload import Request, Workload
 
@@ -234,11 +234,13 @@ async def _client(target: LoadTarget, concurrency: int) -> AsyncIterator[Any]:
 
 
 async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Request], concurrency: int, warmup: int,
-                       gate: Callable[[], None] | None = None) -> tuple[list[RequestResult], float, float]:
+                       gate: Callable[[], None] | None = None, until: Callable[[RequestResult], bool] | None = None,
+                       ) -> tuple[list[RequestResult], float, float]:
     """Drive ``reqs`` (the workload's, or one shard's) with ``concurrency`` in flight after ``warmup``
     discarded requests; returns the results and the perf_counter of the first send and the last byte.
     ``gate`` is called after the warm-up and blocks until every client process is ready, so shards start
-    together."""
+    together. ``until`` ends the load at the first finished request it returns True for: the streams in flight
+    are cancelled (vLLM aborts a request whose connection closes) and only requests finished by then count."""
     async with _client(target, concurrency) as client:
         if warmup:
             like = workload.requests()[0]  # warm-ups mimic the workload's first request, 16 tokens at most
@@ -259,9 +261,13 @@ async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Reques
             if not workload.closed_loop:
                 await asyncio.sleep(max(0.0, start + req.arrival_s - time.perf_counter()))
             async with sem:
+                sent = time.perf_counter()
                 res = await _one(client, target, req, workload.seed, workload.api)
+            res.start_s = sent - start
             if (res.error or "").startswith(STALL):
                 raise _Stalled(res)  # ends the wait below at once
+            if until is not None and until(res):
+                raise _Enough(res)  # so does a decided verdict
             return res
 
         tasks = [asyncio.create_task(send(r)) for r in reqs]
@@ -270,6 +276,11 @@ async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Reques
         for task in pending:
             task.cancel()
         stalled = [t.exception() for t in done if isinstance(t.exception(), _Stalled)]
+        stops = [e.result for t in done if isinstance(e := t.exception(), _Enough)]
+        if stops and not stalled:
+            end = min(r.end_s for r in stops)
+            finished = [t.result() for t in done if t.exception() is None] + stops
+            return sorted((r for r in finished if r.end_s <= end), key=lambda r: r.index), start, start + end
         why = (f"{STALL}: load ended by a stalled stream" if stalled
                else f"{STALL}: load cut at {target.load_timeout_s:.0f} s")
         results = []
@@ -288,6 +299,14 @@ class _Stalled(Exception):
         self.result = result
 
 
+class _Enough(Exception):
+    """The load's verdict is decided (``until``): not a failure, the end of the load."""
+
+    def __init__(self, result: RequestResult) -> None:
+        super().__init__("enough")
+        self.result = result
+
+
 def _failed(req: Request, error: str) -> RequestResult:
     return RequestResult(req.index, ok=False, prompt_tokens=req.prompt_len, http_status=None, error=error)
 
@@ -302,19 +321,23 @@ def _event_loop() -> Runner:
 
 
 def _drive(target: LoadTarget, workload: Workload, reqs: list[Request], concurrency: int, warmup: int,
-           gate: Callable[[], None] | None = None) -> tuple[list[RequestResult], float, float]:
+           gate: Callable[[], None] | None = None, until: Callable[[RequestResult], bool] | None = None,
+           ) -> tuple[list[RequestResult], float, float]:
     with _event_loop() as runner:
-        return runner.run(_drive_async(target, workload, reqs, concurrency, warmup, gate))
+        return runner.run(_drive_async(target, workload, reqs, concurrency, warmup, gate, until))
 
 
-def run_load(target: LoadTarget, workload: Workload) -> LoadResult:
+def run_load(target: LoadTarget, workload: Workload, until: Callable[[RequestResult], bool] | None = None,
+             ) -> LoadResult:
     """One client process, or ``target.processes`` of them: the requests dealt round-robin, the concurrency
     split between them (the sum is the workload's), one warm-up, and a common start. perf_counter is the
-    system-wide monotonic clock, so the shards' timestamps compare directly."""
+    system-wide monotonic clock, so the shards' timestamps compare directly. ``until`` (``Server.run_load``)
+    stops one process live; several run to the end and are cut where it would have stopped them (the same
+    record, without the GPU time saved: the shards would need the decision between processes)."""
     n = max(1, min(target.processes, workload.concurrency, workload.num_requests))
     reqs = workload.requests()
     if n == 1:
-        results, start, end = _drive(target, workload, reqs, workload.concurrency, workload.warmup)
+        results, start, end = _drive(target, workload, reqs, workload.concurrency, workload.warmup, until=until)
         return LoadResult(results, duration_s=end - start)
     ctx = mp.get_context("spawn")  # fork is unsafe once threads exist (notebooks, torch)
     barrier = ctx.Barrier(n)
@@ -334,8 +357,13 @@ def run_load(target: LoadTarget, workload: Workload) -> LoadResult:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-    results = sorted((r for res, _, _ in shards for r in res), key=lambda r: r.index)
-    return LoadResult(results, duration_s=max(e for *_, e in shards) - min(s for _, s, _ in shards))
+    start = min(s for _, s, _ in shards)
+    results = sorted((r for res, s, _ in shards for r in res), key=lambda r: r.index)
+    for res, s, _ in shards:  # on the common clock
+        for r in res:
+            r.start_s += s - start
+    load = LoadResult(results, duration_s=max(e for *_, e in shards) - start)
+    return truncate(load, until) if until else load
 
 
 def _shard(target: LoadTarget, workload: Workload, requests: list[Request], concurrency: int, warmup: int,

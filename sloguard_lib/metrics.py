@@ -8,7 +8,8 @@ disagree on what "ITL p99" means. Percentiles use numpy's linear interpolation, 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,12 @@ class RequestResult:
     e2e_s: float = float("nan")
     http_status: int | None = 200
     error: str | None = None
+    start_s: float = float("nan")  # when it was sent, since the load began (nan where a backend cannot say)
+
+    @property
+    def end_s(self) -> float:
+        """When its last byte arrived, since the load began."""
+        return self.start_s + self.e2e_s
 
     @property
     def tpot_s(self) -> float:
@@ -46,6 +53,18 @@ class LoadResult:
     requests: list[RequestResult]
     duration_s: float  # first send to last byte
     engine_stats: dict[str, float] = field(default_factory=dict)  # preemptions, kv peak, ...
+
+
+def truncate(load: LoadResult, until: Callable[[RequestResult], bool]) -> LoadResult:
+    """The load as it would have been had it ended when ``until`` first returned True, ``until`` being called with
+    each request in the order they finished: the requests finished by then, that instant as its duration (what a
+    live client's stop yields; the simulator's way to honour ``Server.run_load(until=...)``)."""
+    finished = sorted((r for r in load.requests if math.isfinite(r.end_s)), key=lambda r: r.end_s)
+    for k, r in enumerate(finished):
+        if until(r):
+            return dataclasses.replace(load, requests=sorted(finished[:k + 1], key=lambda r: r.index),
+                                       duration_s=r.end_s)
+    return load
 
 
 def pooled(loads: Sequence[LoadResult]) -> LoadResult:

@@ -29,20 +29,23 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .early_stop import StopRule
 from .engine import ON_GPU, Engine, make_engine
 from .errors import InputError
 from .hardware import get_gpu, kv_budget_tokens, memory_prior, resolve_model
 from .incumbent import incumbent
 from .optimizers import Optimizer, Outcome, Proposal, make_optimizer
 from .slo import SLO
-from .space import Config, SearchSpace, build_serving_space
+from .space import Config, SearchSpace, build_serving_space, config_key
 from .trial import trial_seed
 from .trial_log import LogContents, TrialLog, exclusive, git_commit, holds_no_record, read_log
 from .workers import InlinePool, Job, Pool, RayPool, VirtualPool
 from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
-RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space", "enqueue")
+RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space", "enqueue", "early_stop")
+#: what a header written before a key existed meant by it
+LOGGED_DEFAULTS: dict[str, Any] = {"enqueue": [], "early_stop": False}
 ENQUEUED = "enqueued"  # the phase of a trial the user asked for, not the optimizer
 
 
@@ -60,6 +63,8 @@ class StudySpec:
     #: configs evaluated first, in order (today's production config, a known-bad one), then the optimizer's;
     #: the optimizer is told their outcomes like its own, so they are data, not a detour
     enqueue: tuple[Config, ...] = ()
+    #: end a trial's load once it cannot meet the SLO or beat the incumbent (:mod:`sloguard_lib.early_stop`)
+    early_stop: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.budget <= MAX_BUDGET:
@@ -83,6 +88,7 @@ class StudySpec:
             "study_id": self.study_id, "optimizer": self.optimizer, "seed": self.seed, "budget": self.budget,
             "model": self.model, "gpu": self.gpu, "backend": self.backend, "slo": self.slo.to_dict(),
             "workload": self.workload.to_dict(), "space": self.space.to_dict(), "enqueue": list(self.enqueue),
+            "early_stop": self.early_stop,
             "sloguard_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -237,6 +243,7 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
     pool, own_engine = _pool(spec, path, engine, done, parallel)
     in_flight: dict[int, tuple[Proposal, list[int], int]] = {}  # trial -> (proposal, pending then, told then)
     told = len(done)
+    history = list(done)  # every record told, in order
     try:
         while True:
             while len(in_flight) < pool.slots and not (
@@ -247,7 +254,8 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
                 pending = [p.params for p, _, _ in in_flight.values()]
                 proposal = Proposal(dict(spec.enqueue[n]), ENQUEUED) if n < len(spec.enqueue) \
                     else optimizer.ask(pending)
-                pool.submit(Job(n, spec.space.finalize(proposal.params), trial_seed(spec.seed, n)))
+                config = spec.space.finalize(proposal.params)
+                pool.submit(Job(n, config, trial_seed(spec.seed, n), stop_rule(spec, history, config)))
                 in_flight[n] = (proposal, sorted(in_flight), told)
             if not in_flight:
                 break
@@ -267,6 +275,7 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
                                  f"trials before it are safe, --resume re-runs it once the log is writable. Its "
                                  f"record: {json.dumps(rec, default=str)}") from None
             optimizer.tell(proposal.params, outcome_of(rec))
+            history.append(rec)
             told += 1
             if on_trial:
                 on_trial(rec)
@@ -274,6 +283,17 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
         pool.close()
     contents = read_log(path)  # the log, not memory, is the study's record
     return StudyResult(path, contents.header, contents.trials, resumed_from=len(done))
+
+
+def stop_rule(spec: StudySpec, history: list[dict[str, Any]], config: Config) -> StopRule | None:
+    """The next trial's early stop: the SLO, and the incumbent's mean goodput to beat (decided by the records told
+    so far, so a resumed study stops the same trials at the same requests). A config measured before is never
+    stopped for the incumbent: measuring it again is the point (its mean, not one load, decides the ranking)."""
+    if not spec.early_stop:
+        return None
+    best = incumbent(history)
+    again = any(config_key(t["config"]) == config_key(config) for t in history)
+    return StopRule(spec.slo, spec.workload, beat=best["mean_utility"] if best and not again else None)
 
 
 def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> tuple[list[dict[str, Any]], int]:
@@ -295,7 +315,7 @@ def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> tupl
 def check_same_study(path: Path, contents: LogContents, header: Mapping[str, Any], *, budget: int) -> None:
     """Raise, naming the first differing field, unless the log is this study (its budget may grow)."""
     for key in RESUME_KEYS:
-        logged = contents.header.get(key, [] if key == "enqueue" else None)  # logs from before --enqueue
+        logged = contents.header.get(key, LOGGED_DEFAULTS.get(key))
         if key == "workload" and logged is not None:  # fields added since the log was written take defaults
             logged = Workload.from_dict(logged).to_dict()
         if key == "slo" and logged is not None:

@@ -104,6 +104,10 @@ class SLO:
             limits.append((r.e2e_s, self.e2e_p99_ms))
         return all(value <= ms / 1000 for value, ms in limits)
 
+    def is_good(self, r: RequestResult) -> bool:
+        """The per-request test of this SLO's goodput definition."""
+        return self.request_is_good_vllm(r) if self.goodput_def == "vllm" else self.request_is_good(r)
+
     def evaluate(self, load: LoadResult, metrics: dict[str, float]) -> SloVerdict:
         dur = max(load.duration_s, 1e-9)
         by_def = {}

@@ -8,11 +8,13 @@ nothing but the engine protocol (no optimizer libraries needed on a bare GPU box
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
+from .early_stop import Monitor, StopRule
 from .engine.base import Engine, EngineCrash
-from .metrics import LoadResult, pooled, summarize
+from .metrics import LoadResult, RequestResult, pooled, summarize
 from .slo import SLO
 from .space import Config
 from .workload import Workload
@@ -24,9 +26,12 @@ def trial_seed(seed: int, trial: int) -> int:
 
 def evaluate(
     engine: Engine, config: Config, workload: Workload, slo: SLO, seed: int, label: str = "",
+    stop: StopRule | None = None,
 ) -> dict[str, Any]:
     """Launch one server, load it, and judge it: the part of a trial that touches the backend. An interrupt
-    (Ctrl-C, SIGTERM, SIGHUP) propagates after the server is closed: a partial trial is never a record."""
+    (Ctrl-C, SIGTERM, SIGHUP) propagates after the server is closed: a partial trial is never a record.
+    ``stop`` ends the loads once the verdict is decided (:mod:`sloguard_lib.early_stop`); the record's
+    ``early_stop`` then says why and when."""
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"config": config, "crash_class": None, "crash_message": None, "metrics": {},
                            "utility": None, "violated": []}
@@ -41,9 +46,17 @@ def evaluate(
     rec |= {"engine_start_s": info.start_s, "engine_version": info.engine_version,
             "kv_cache_tokens": info.kv_cache_tokens, "engine_info": info.extra}
     loads: list[LoadResult] = []  # ``repeats`` loads, each on its own prompt seed
+    monitor = stop.monitor() if stop else None
     try:
         for i in range(workload.repeats):
-            loads.append(server.run_load(dataclasses.replace(workload, seed=workload.seed + i)))
+            if monitor is None:
+                loads.append(server.run_load(dataclasses.replace(workload, seed=workload.seed + i)))
+                continue
+            offset = _loaded_s(loads)
+            until = functools.partial(_observe, monitor, offset)
+            loads.append(server.run_load(dataclasses.replace(workload, seed=workload.seed + i), until=until))
+            if monitor.reason is not None:
+                break
     except EngineCrash as crash:
         return rec | _crash_fields(crash) | {"gpu_seconds": info.start_s + _loaded_s(loads) + crash.elapsed_s,
                                              "wall_s": time.perf_counter() - t0}
@@ -62,7 +75,12 @@ def evaluate(
         "violated": verdict.violated, "slo_usage": verdict.usage, "load_s": load.duration_s,
         "gpu_seconds": info.start_s + load.duration_s,
         "wall_s": time.perf_counter() - t0,
+        **({"early_stop": monitor.record()} if monitor and monitor.reason else {}),
     }
+
+
+def _observe(monitor: Monitor, offset_s: float, r: RequestResult) -> bool:
+    return monitor.observe(r, offset_s + r.end_s)
 
 
 def _loaded_s(loads: list[LoadResult]) -> float:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .early_stop import StopRule
 from .engine import Engine, reaper
 from .errors import InputError
 from .slo import SLO
@@ -39,10 +40,12 @@ class Job:
     trial: int
     config: Config
     seed: int  # the trial's load seed (trial.trial_seed)
+    stop: StopRule | None = None  # early stop, with the incumbent's goodput when it was submitted
 
     def run(self, engine: Engine, workload: Workload, slo: SLO) -> dict[str, Any]:
         """The trial on ``engine``: its ``evaluate`` record, the server log named after the trial."""
-        return evaluate(engine, self.config, workload, slo, self.seed, label=f"trial{self.trial:03d}")
+        return evaluate(engine, self.config, workload, slo, self.seed, label=f"trial{self.trial:03d}",
+                        stop=self.stop)
 
 
 class Pool(Protocol):

@@ -8,11 +8,11 @@ per-request results; metrics, SLOs and goodput are computed outside the backend,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from ..metrics import LoadResult
+from ..metrics import LoadResult, RequestResult
 from ..space import Config
 from ..workload import Workload
 
@@ -58,7 +58,11 @@ class ServerInfo:
 class Server(Protocol):
     info: ServerInfo
 
-    def run_load(self, workload: Workload) -> LoadResult: ...
+    def run_load(self, workload: Workload, until: Callable[[RequestResult], bool] | None = None) -> LoadResult:
+        """Drive the workload; with ``until``, end it early once ``until`` returns True for a finished request
+        (called in the order requests finish; :mod:`sloguard_lib.early_stop`): the result then holds the requests
+        finished by that instant and lasts until it."""
+        ...
 
     def close(self) -> None: ...
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,9 @@ class ReplayServer:
                                model=engine.model.name, start_s=rec.start_s, kv_cache_tokens=rec.kv_cache_tokens,
                                extra={"replay": {"start": _match(config, rec, d)}})
 
-    def run_load(self, workload: Workload) -> LoadResult:
+    def run_load(self, workload: Workload, until: Callable[[RequestResult], bool] | None = None) -> LoadResult:
+        """``until`` is not honoured: a replayed load costs no GPU time to save, and its requests (rebuilt from
+        percentiles) have no order in time to stop at."""
         rec, d = self.engine.nearest(self.config, self.engine.loads_of(workload))
         self.info.extra["replay"]["load"] = match = _match(self.config, rec, d)
         # a trial answered from another config's record is no measurement: summaries count these

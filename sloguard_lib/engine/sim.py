@@ -29,14 +29,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..hardware import GIB, GpuProfile, ModelShape, latency_floor_ms
-from ..metrics import LoadResult, RequestResult
+from ..metrics import LoadResult, RequestResult, truncate
 from ..space import Config
 from ..workload import Request, Workload
 from .base import EngineCrash, ServerInfo
@@ -252,8 +252,11 @@ class SimServer:
     def close(self) -> None:
         pass
 
-    def run_load(self, workload: Workload) -> LoadResult:
-        return _Simulation(self, workload).run()
+    def run_load(self, workload: Workload, until: Callable[[RequestResult], bool] | None = None) -> LoadResult:
+        """The whole load is simulated, then cut where ``until`` would have ended it live: the same requests and
+        the same instant a real client's stop gives."""
+        load = _Simulation(self, workload).run()
+        return truncate(load, until) if until else load
 
 
 class _Simulation:
@@ -354,6 +357,7 @@ class _Simulation:
                 if r.prompt_len + r.output_len > mml:  # vLLM answers 400 at once; no slot is held
                     results[r.index] = RequestResult(
                         r.index, ok=False, prompt_tokens=r.prompt_len, http_status=400, e2e_s=cal.request_overhead_s,
+                        start_s=send_t,
                         error=f"This model's maximum context length is {mml} tokens. However, you requested "
                               f"{r.prompt_len + r.output_len} tokens ({r.prompt_len} in the messages, "
                               f"{r.output_len} in the completion). Please reduce the length of the messages or "
@@ -518,5 +522,5 @@ class _Simulation:
         gaps = np.diff(times).tolist() if len(times) > 1 else []
         return RequestResult(
             seq.req.index, ok=True, prompt_tokens=seq.req.prompt_len, output_tokens=seq.generated,
-            ttft_s=ttft, itl_s=gaps, e2e_s=ttft + float(times[-1] - times[0]),
+            ttft_s=ttft, itl_s=gaps, e2e_s=ttft + float(times[-1] - times[0]), start_s=seq.send,
         )

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from ..errors import InputError
 from ..hardware import GpuProfile, ModelShape, latency_floor_ms
 from ..interrupts import deferred_interrupts
 from ..loadgen import STALL, LoadTarget, client_name, run_load
-from ..metrics import LoadResult
+from ..metrics import LoadResult, RequestResult
 from ..model_folder import prepare_model_dir, tokenizer_dir
 from ..space import BOOL_KNOBS, NUMERIC_KNOBS, Config
 from ..workload import Workload
@@ -361,10 +361,10 @@ class VllmServer:
         g = re.search(r"GPU KV cache size: ([\d,]+) tokens", log)
         return int(g.group(1).replace(",", "")) if g else None
 
-    def run_load(self, workload: Workload) -> LoadResult:
+    def run_load(self, workload: Workload, until: Callable[[RequestResult], bool] | None = None) -> LoadResult:
         t_start = time.perf_counter()
         before = metric_sums(self.metrics_text(), LOAD_STATS)
-        load = run_load(self.target, workload)
+        load = run_load(self.target, workload, until)
         elapsed = time.perf_counter() - t_start
         self.clock.stamp(LOAD)
         if self.proc.poll() is not None:

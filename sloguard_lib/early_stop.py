@@ -1,0 +1,122 @@
+"""Ending a trial's load once its verdict is decided: curtailment of the SLO test, and a bound on its goodput.
+
+A trial is feasible only when no request failed and every trial-level p99 (TTFT over requests, ITL over token
+gaps, the optional TPOT and E2E) is within its threshold (:mod:`sloguard_lib.slo`). The number of values each
+p99 is taken over is known before the load starts (the workload fixes every request's output length, sent with
+``ignore_eos``), and the p99 of ``n`` values (numpy's linear interpolation, as :mod:`~sloguard_lib.metrics`)
+exceeds ``L`` as soon as ``n - floor(0.99 (n - 1))`` of them exceed it, whatever the others turn out to be. So
+the monitor counts misses as requests complete and ends the load when a count reaches its limit, or a request
+fails: the verdict is then *decided*, not estimated (deterministic curtailment, the degenerate sequential test
+whose error rate is 0 rather than 5 %). No model of the remaining requests is needed, and none would be safe:
+closed-loop requests are not exchangeable (the first wave's TTFTs are a load's worst, all prompts arriving at
+once), so a test that extrapolated the early miss rate would stop configs that end up feasible.
+
+``beat``: the goodput the trial must exceed to matter (the incumbent's). The load's final goodput is at most
+(output tokens of the good requests so far + every unfinished request's tokens) / the time elapsed, since the
+load lasts at least that long; once that bound is below ``beat`` the trial cannot become the recommendation and
+its load ends. What was measured up to then is the trial's record (its goodput is below the bound, hence below
+``beat``), with ``early_stop`` saying why and when.
+
+Backends take the monitor's ``observe`` as the ``until`` argument of ``Server.run_load``: the real load
+generator stops sending and cancels the streams in flight (their server work is aborted); the simulator cuts
+its finished simulation at the same instant (:func:`sloguard_lib.metrics.truncate`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metrics import RequestResult
+from .slo import SLO
+from .workload import Workload
+
+P99 = 0.99
+
+
+def misses_deciding_p99(n: int) -> int:
+    """How many of ``n`` values above a limit put their p99 above it: ``n - floor(0.99 (n - 1))``."""
+    return n - math.floor(P99 * (n - 1)) if n > 0 else 1
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """What a trial's load may be stopped for: the SLO (always) and, with ``beat``, the incumbent's goodput."""
+
+    slo: SLO
+    workload: Workload
+    beat: float | None = None  # tok/s of goodput the trial must be able to exceed
+
+    def monitor(self) -> Monitor:
+        return Monitor(self)
+
+
+@dataclass
+class Monitor:
+    """One trial's running counts, across its ``repeats`` loads (fed with the time since the first load began)."""
+
+    rule: StopRule
+    done: int = 0
+    good_tokens: int = 0
+    done_tokens: int = 0
+    misses: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, int] = field(init=False)
+    planned_tokens: int = field(init=False)
+    reason: str | None = None
+    at_s: float = math.nan
+
+    def __post_init__(self) -> None:
+        wl, slo = self.rule.workload, self.rule.slo
+        outs = [r.output_len for r in wl.requests()] * wl.repeats
+        self.planned_tokens = sum(outs)
+        n = len(outs)
+        # gaps: at most output_len - 1 per request (a server that batches tokens into one event sends fewer, and
+        # a smaller count only lowers the limit, so counting with this one is never early)
+        counts = {"ttft_p99_ms": n, "itl_p99_ms": sum(o - 1 for o in outs)}
+        counts |= {k: n for k in ("tpot_p99_ms", "e2e_p99_ms") if k in slo.thresholds()}
+        self.limits = {k: misses_deciding_p99(v) for k, v in counts.items()}
+        self.misses = dict.fromkeys(self.limits, 0)
+
+    def observe(self, r: RequestResult, at_s: float) -> bool:
+        """Count one finished request (``at_s``: when it finished, since the trial's first load began); True once
+        the load should end (``reason`` says why)."""
+        if self.reason is not None:
+            return True
+        slo = self.rule.slo
+        self.done += 1
+        self.done_tokens += r.output_tokens
+        if not r.ok:
+            return self._stop("failed_request", at_s)
+        limits = slo.thresholds()
+        self.misses["ttft_p99_ms"] += r.ttft_s * 1000 > limits["ttft_p99_ms"]
+        self.misses["itl_p99_ms"] += sum(g * 1000 > limits["itl_p99_ms"] for g in r.itl_s)
+        if "tpot_p99_ms" in limits:
+            self.misses["tpot_p99_ms"] += r.tpot_s * 1000 > limits["tpot_p99_ms"]
+        if "e2e_p99_ms" in limits:
+            self.misses["e2e_p99_ms"] += r.e2e_s * 1000 > limits["e2e_p99_ms"]
+        for name, limit in self.limits.items():
+            if self.misses[name] >= limit:
+                return self._stop(name, at_s)
+        if slo.is_good(r):
+            self.good_tokens += r.output_tokens
+        beat = self.rule.beat
+        if beat is not None and at_s > 0 and self.bound(at_s) < beat:
+            return self._stop("cannot_beat_incumbent", at_s)
+        return False
+
+    def bound(self, at_s: float) -> float:
+        """The highest goodput (tok/s) the trial can still end with, ``at_s`` into its loads."""
+        return (self.good_tokens + self.planned_tokens - self.done_tokens) / at_s
+
+    def _stop(self, reason: str, at_s: float) -> bool:
+        self.reason, self.at_s = reason, at_s
+        return True
+
+    def record(self) -> dict[str, Any] | None:
+        """What the trial's record keeps: why and when its load ended, None when it ran to the end."""
+        if self.reason is None:
+            return None
+        return {"reason": self.reason, "at_s": self.at_s, "requests_done": self.done,
+                "requests_planned": self.rule.workload.num_requests * self.rule.workload.repeats,
+                "misses": {k: v for k, v in self.misses.items() if v}, "beat": self.rule.beat}
