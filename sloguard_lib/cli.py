@@ -30,6 +30,7 @@ from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
 from .interrupts import Interrupted, interrupts_raise
 from .optimizers import OPTIMIZERS
 from .runner import (
+    FINALISTS,
     Parallel,
     StudyResult,
     StudySpec,
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--early-stop", action="store_true",
                       help="end a trial's load once its SLO verdict is decided or it cannot beat the incumbent "
                            "(the record says why and when)")
+    tune.add_argument("--validate", type=int, default=0, metavar="K",
+                      help="after the budget, re-measure the 3 best configs K times each on fresh servers and "
+                           "recommend the best lower bound of those")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.add_argument("--stop-after-s", type=float, default=None,
                       help="start no new trial after this many seconds (continue later with --resume)")
@@ -228,7 +232,8 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
         raise InputError(f"--stop-after-s must be a positive number of seconds, got {args.stop_after_s}")
     spec = StudySpec(model=args.model, gpu=gpu, optimizer=args.optimizer, seed=args.seed, budget=args.budget,
                      backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload),
-                     enqueue=tuple(c for text in args.enqueue for c in _configs(text)), early_stop=args.early_stop)
+                     enqueue=tuple(c for text in args.enqueue for c in _configs(text)), early_stop=args.early_stop,
+                     validate=args.validate)
     options = _engine_options(args) | {"log_dir": server_log_dir(args.out, spec)}
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), options)
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
@@ -243,7 +248,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     console.print(f"log: {log_path_for(args.out, spec)}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=args.quiet) as progress:
-        task = progress.add_task("trials", total=spec.budget)
+        task = progress.add_task("trials", total=spec.budget + FINALISTS * spec.validate)
 
         def on_trial(rec: dict[str, Any]) -> None:
             good = rec["metrics"].get("goodput_tok_s")
@@ -301,8 +306,11 @@ def _print_summary(result: StudyResult, console: Console) -> None:
         table.add_row("best trial", str(best["trial"]))
         table.add_row("best config", json.dumps(best["config"]))
         table.add_row("goodput", f"{m['goodput_tok_s']:,.0f} tok/s ({m['goodput_req_s']:.2f} req/s)")
-        if best["measurements"] > 1:
-            table.add_row("mean utility", f"{best['mean_utility']:,.0f} over {best['measurements']} loads")
+        lo, hi = best["interval"]
+        how = {True: f"re-measured on {best['measurements']} fresh loads", None: f"{best['measurements']} trial(s)",
+               False: "no finalist met the SLO again: the study's own ranking"}[best["validated"]]
+        table.add_row("expected goodput", f"{best['mean_utility']:,.0f} tok/s, 95 % interval {lo:,.0f} - {hi:,.0f} "
+                      f"({how})")
         table.add_row("TTFT p50 / p99", f"{m['ttft_p50_ms']:.1f} / {m['ttft_p99_ms']:.1f} ms")
         table.add_row("ITL p50 / p99", f"{m['itl_p50_ms']:.2f} / {m['itl_p99_ms']:.2f} ms")
         table.add_row("throughput", f"{m['throughput_tok_s']:,.0f} tok/s")

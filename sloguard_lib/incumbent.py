@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .confidence import t_interval
 from .space import config_key
 
 
@@ -35,3 +36,43 @@ def incumbent(trials: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     mean, records = configs[0]
     best = max((r for r in records if r["status"] == "ok"), key=lambda r: r["utility"])
     return dict(best) | {"measurements": len(records), "mean_utility": mean}
+
+
+VALIDATED = "validate"  # the phase of a re-measurement of a finalist (``--validate``)
+
+
+def config_interval(records: Sequence[Mapping[str, Any]]) -> tuple[float, float, float, int]:
+    """(mean, low, high, loads) of one config's goodput over every load of its trials: the t-interval from two
+    loads on (:mod:`sloguard_lib.confidence`), else its one trial's own interval. A trial that missed the SLO counts
+    at its penalised utility, so a finalist that misses on re-measurement falls behind one that holds."""
+    values = [g if r["status"] == "ok" else r["utility"] for r in records
+              for g in r.get("goodput_loads_tok_s") or [r["utility"]]]
+    if len(values) > 1:
+        lo, hi = t_interval(values)
+        return sum(values) / len(values), lo, hi, len(values)
+    lo, hi = records[0].get("goodput_ci95_tok_s") or (values[0], values[0])
+    return values[0], lo, hi, 1
+
+
+def recommend(trials: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The config a study reports, with its 95 % interval (``interval``: [low, high] tok/s).
+
+    Without re-measurements it is the :func:`incumbent`. After ``--validate`` it is the finalist with the best
+    lower bound over its re-measurements alone: the study's own measurements picked the finalists for being high,
+    so they overstate them (the winner's curse), and a fresh server's loads do not."""
+    finals: dict[str, list[Mapping[str, Any]]] = {}
+    for t in trials:
+        if t.get("phase") == VALIDATED and t.get("utility") is not None:
+            finals.setdefault(config_key(t["config"]), []).append(t)
+    held = [(config_interval(rs), rs) for rs in finals.values() if any(r["status"] == "ok" for r in rs)]
+    if not held:  # not validated, or no finalist met the SLO again: the study's own ranking, said so
+        best = incumbent(trials)
+        if best is None:
+            return None
+        mine = [t for t in trials
+                if t.get("utility") is not None and config_key(t["config"]) == config_key(best["config"])]
+        _, lo, hi, _ = config_interval(mine)
+        return best | {"interval": [lo, hi], "validated": False if finals else None}
+    (mean, lo, hi, loads), rs = max(held, key=lambda s: s[0][1])
+    pick = max((r for r in rs if r["status"] == "ok"), key=lambda r: r["utility"])
+    return dict(pick) | {"measurements": loads, "mean_utility": mean, "interval": [lo, hi], "validated": True}

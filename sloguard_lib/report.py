@@ -24,6 +24,7 @@ import pandas as pd
 
 from . import stats
 from .errors import InputError
+from .incumbent import VALIDATED
 from .slo import SLO
 from .trial_log import is_trial_log, read_log
 from .workload import Workload
@@ -129,6 +130,8 @@ def load_trials(results_dir: str | Path, where: Sequence[str] = (), definitions:
     else:
         for path, _ in select_logs(results_dir, where):
             for t in read_log(path).trials:
+                if t.get("phase") == VALIDATED:  # re-measurements after the study: not its search
+                    continue
                 m = t.get("metrics") or {}
                 rows.append({
                     "log": str(path), "study_id": t["study_id"], "optimizer": t["optimizer"], "seed": t["seed"],

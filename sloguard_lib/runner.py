@@ -22,7 +22,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from .early_stop import StopRule
 from .engine import ON_GPU, Engine, make_engine
 from .errors import InputError
 from .hardware import get_gpu, kv_budget_tokens, memory_prior, resolve_model
-from .incumbent import incumbent
+from .incumbent import VALIDATED, incumbent, ranked, recommend
 from .optimizers import Optimizer, Outcome, Proposal, make_optimizer
 from .slo import SLO
 from .space import Config, SearchSpace, build_serving_space, config_key
@@ -43,9 +43,10 @@ from .workers import InlinePool, Job, Pool, RayPool, VirtualPool
 from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
-RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space", "enqueue", "early_stop")
+RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space", "enqueue", "early_stop",
+               "validate")
 #: what a header written before a key existed meant by it
-LOGGED_DEFAULTS: dict[str, Any] = {"enqueue": [], "early_stop": False}
+LOGGED_DEFAULTS: dict[str, Any] = {"enqueue": [], "early_stop": False, "validate": 0}
 ENQUEUED = "enqueued"  # the phase of a trial the user asked for, not the optimizer
 
 
@@ -63,6 +64,9 @@ class StudySpec:
     #: configs evaluated first, in order (today's production config, a known-bad one), then the optimizer's;
     #: the optimizer is told their outcomes like its own, so they are data, not a detour
     enqueue: tuple[Config, ...] = ()
+    #: after the budget, re-measure the ``FINALISTS`` best configs this many times each on fresh servers and
+    #: recommend the one with the best lower bound over those (:func:`incumbent.recommend`)
+    validate: int = 0
     #: end a trial's load once it cannot meet the SLO or beat the incumbent (:mod:`sloguard_lib.early_stop`)
     early_stop: bool = False
 
@@ -70,6 +74,8 @@ class StudySpec:
         if not 1 <= self.budget <= MAX_BUDGET:
             raise InputError(f"budget must be 1..{MAX_BUDGET} trials, got {self.budget}")
         check_seed(self.seed)
+        if not 0 <= self.validate <= MAX_VALIDATE:
+            raise InputError(f"--validate must be 0..{MAX_VALIDATE} re-measurements per finalist, got {self.validate}")
         if self.space is None:
             self.space = default_space(self.model, self.gpu, self.workload)
         for i, params in enumerate(self.enqueue):
@@ -88,7 +94,7 @@ class StudySpec:
             "study_id": self.study_id, "optimizer": self.optimizer, "seed": self.seed, "budget": self.budget,
             "model": self.model, "gpu": self.gpu, "backend": self.backend, "slo": self.slo.to_dict(),
             "workload": self.workload.to_dict(), "space": self.space.to_dict(), "enqueue": list(self.enqueue),
-            "early_stop": self.early_stop,
+            "early_stop": self.early_stop, "validate": self.validate,
             "sloguard_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -127,7 +133,8 @@ class StudyResult:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        return incumbent(self.trials)
+        """The recommendation, with its 95 % interval (:func:`incumbent.recommend`)."""
+        return recommend(self.trials)
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ("ok", "slo_violation", "crash", "error")}
@@ -239,21 +246,34 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
     if spec.budget > logged_budget:
         log.extend(spec.budget, len(done), datetime.now(UTC).isoformat(timespec="seconds"))
     logged = {rec["trial"] for rec in done}
-    todo = iter(n for n in range(spec.budget) if n not in logged)  # numbers a killed driver left first, in order
     pool, own_engine = _pool(spec, path, engine, done, parallel)
     in_flight: dict[int, tuple[Proposal, list[int], int]] = {}  # trial -> (proposal, pending then, told then)
     told = len(done)
     history = list(done)  # every record told, in order
+
+    def upcoming() -> Iterator[tuple[int, Proposal] | None]:
+        """The trials to run, in order (numbers a killed driver left first); None while the next ones depend on
+        trials still running."""
+        for n in range(spec.budget):
+            if n not in logged:
+                pending = [p.params for p, _, _ in in_flight.values()]
+                yield n, (Proposal(dict(spec.enqueue[n]), ENQUEUED) if n < len(spec.enqueue)
+                          else optimizer.ask(pending))
+        while in_flight:  # the finalists are those of every trial
+            yield None
+        for n, params in validation_plan(spec, history):
+            if n not in logged:
+                yield n, Proposal(params, VALIDATED)
+
+    todo = upcoming()
     try:
         while True:
             while len(in_flight) < pool.slots and not (
                     stop_after_s is not None and time.monotonic() - started > stop_after_s):
-                n = next(todo, None)
-                if n is None:
+                item = next(todo, None)
+                if item is None:
                     break
-                pending = [p.params for p, _, _ in in_flight.values()]
-                proposal = Proposal(dict(spec.enqueue[n]), ENQUEUED) if n < len(spec.enqueue) \
-                    else optimizer.ask(pending)
+                n, proposal = item
                 config = spec.space.finalize(proposal.params)
                 pool.submit(Job(n, config, trial_seed(spec.seed, n), stop_rule(spec, history, config)))
                 in_flight[n] = (proposal, sorted(in_flight), told)
@@ -285,6 +305,21 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
     return StudyResult(path, contents.header, contents.trials, resumed_from=len(done))
 
 
+FINALISTS = 3  # configs re-measured by --validate: the top three of a 15-trial study hold its near-ties
+MAX_VALIDATE = 100
+
+
+def validation_plan(spec: StudySpec, history: Sequence[Mapping[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """``--validate K``: the study's ``FINALISTS`` best configs (by mean utility, :func:`incumbent.ranked`), each
+    re-measured K times on fresh servers, interleaved (finalist 1, 2, 3, 1, 2, 3, ...) so that drift in the
+    machine's speed falls on all alike; trial numbers follow the budget's."""
+    if not spec.validate:
+        return []
+    finals = [rs[0]["params"] for _, rs in ranked([t for t in history if t.get("phase") != VALIDATED])][:FINALISTS]
+    return [(spec.budget + j * len(finals) + f, dict(params))
+            for j in range(spec.validate) for f, params in enumerate(finals)]
+
+
 def stop_rule(spec: StudySpec, history: list[dict[str, Any]], config: Config) -> StopRule | None:
     """The next trial's early stop: the SLO, and the incumbent's mean goodput to beat (decided by the records told
     so far, so a resumed study stops the same trials at the same requests). A config measured before is never
@@ -303,9 +338,10 @@ def _replay(path: Path, header: Mapping[str, Any], optimizer: Optimizer) -> tupl
     contents = read_log(path)
     check_same_study(path, contents, header, budget=header["budget"])
     seen: set[int] = set()
+    end = header["budget"] + FINALISTS * header["validate"]
     for i, rec in enumerate(contents.trials):
         n = rec.get("trial")
-        if not isinstance(n, int) or n in seen or not 0 <= n < header["budget"]:
+        if not isinstance(n, int) or n in seen or not 0 <= n < end:
             raise InputError(f"cannot resume {str(path)!r}: record {i} is trial {n!r}, a duplicate or out of range")
         seen.add(n)
         optimizer.tell(rec["params"], outcome_of(rec))
@@ -325,9 +361,13 @@ def check_same_study(path: Path, contents: LogContents, header: Mapping[str, Any
             field_name, was, asked = where
             raise InputError(f"cannot resume {str(path)!r}: its {field_name} is {was!r}, this run asks for "
                              f"{asked!r} (a different study: use another --out, or the log's settings)")
-    if len(contents.trials) > budget:
-        raise InputError(f"cannot resume {str(path)!r}: it already holds {len(contents.trials)} trials, more than "
-                         f"the budget of {budget}")
+    held = sum(t.get("phase") != VALIDATED for t in contents.trials)
+    if held > budget:
+        raise InputError(f"cannot resume {str(path)!r}: it already holds {held} trials, more than the budget of "
+                         f"{budget}")
+    if budget > int(contents.header.get("budget") or 0) and held < len(contents.trials):
+        raise InputError(f"cannot resume {str(path)!r} with a larger budget: its finalists were validated already "
+                         "(start a new --out)")
 
 
 def first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:

@@ -12,6 +12,7 @@ import functools
 import time
 from typing import Any
 
+from .confidence import load_goodput, trial_interval
 from .early_stop import Monitor, StopRule
 from .engine.base import Engine, EngineCrash
 from .metrics import LoadResult, RequestResult, pooled, summarize
@@ -68,11 +69,13 @@ def evaluate(
     load = pooled(loads)
     metrics = summarize(load)
     verdict = slo.evaluate(load, metrics)
+    lo, hi = trial_interval(loads, slo, seed)
     metrics |= {"goodput_tok_s": verdict.goodput_tok_s, "goodput_req_s": verdict.goodput_req_s,
                 "slo_attainment": verdict.attainment, **verdict.by_definition}
     return rec | {
         "status": "ok" if verdict.feasible else "slo_violation", "metrics": metrics, "utility": verdict.utility,
         "violated": verdict.violated, "slo_usage": verdict.usage, "load_s": load.duration_s,
+        "goodput_loads_tok_s": [load_goodput(x, slo) for x in loads], "goodput_ci95_tok_s": [lo, hi],
         "gpu_seconds": info.start_s + load.duration_s,
         "wall_s": time.perf_counter() - t0,
         **({"early_stop": monitor.record()} if monitor and monitor.reason else {}),
