@@ -9,6 +9,7 @@ continue, and exits 128 + the signal's number (130, 143, 129).
 from __future__ import annotations
 
 import argparse
+import csv
 import functools
 import json
 import math
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .capacity import capacity_map
 from .engine import BACKENDS, default_backend, make_engine, placement
 from .engine.vllm import LAUNCHERS
 from .errors import InputError, yaml_problem
@@ -31,6 +33,7 @@ from .interrupts import Interrupted, interrupts_raise
 from .optimizers import OPTIMIZERS
 from .runner import (
     FINALISTS,
+    OBJECTIVES,
     Parallel,
     StudyResult,
     StudySpec,
@@ -122,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--validate", type=int, default=0, metavar="K",
                       help="after the budget, re-measure the 3 best configs K times each on fresh servers and "
                            "recommend the best lower bound of those")
+    tune.add_argument("--objective", default="goodput", choices=OBJECTIVES,
+                      help="goodput at the workload's load, or capacity: the highest concurrency (closed loop) or "
+                           "rate (open loop) each config sustains under the SLO, by bisection on one server")
+    tune.add_argument("--capacity-target", type=float, default=0.99, metavar="SHARE",
+                      help="capacity: the share of requests that must meet the SLO")
+    tune.add_argument("--capacity-max", type=float, default=None, metavar="LEVEL",
+                      help="capacity: the highest concurrency or rate searched (default 512 concurrent, 1000/s)")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.add_argument("--stop-after-s", type=float, default=None,
                       help="start no new trial after this many seconds (continue later with --resume)")
@@ -233,7 +243,8 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     spec = StudySpec(model=args.model, gpu=gpu, optimizer=args.optimizer, seed=args.seed, budget=args.budget,
                      backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload),
                      enqueue=tuple(c for text in args.enqueue for c in _configs(text)), early_stop=args.early_stop,
-                     validate=args.validate)
+                     validate=args.validate, objective=args.objective, capacity_target=args.capacity_target,
+                     capacity_max=args.capacity_max)
     options = _engine_options(args) | {"log_dir": server_log_dir(args.out, spec)}
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), options)
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))
@@ -305,17 +316,42 @@ def _print_summary(result: StudyResult, console: Console) -> None:
         m = best["metrics"]
         table.add_row("best trial", str(best["trial"]))
         table.add_row("best config", json.dumps(best["config"]))
-        table.add_row("goodput", f"{m['goodput_tok_s']:,.0f} tok/s ({m['goodput_req_s']:.2f} req/s)")
+        cap = best.get("capacity")
+        if cap:
+            top = cap["interval"][1]
+            bound = f"fails at {top:g}" if top else "the highest level searched"
+            table.add_row("capacity", f"{cap['level']:g} {cap['unit']} with >= {100 * cap['target']:g} % of requests "
+                          f"in the SLO ({bound})")
+        else:
+            table.add_row("goodput", f"{m['goodput_tok_s']:,.0f} tok/s ({m['goodput_req_s']:.2f} req/s)")
         lo, hi = best["interval"]
         how = {True: f"re-measured on {best['measurements']} fresh loads", None: f"{best['measurements']} trial(s)",
                False: "no finalist met the SLO again: the study's own ranking"}[best["validated"]]
-        table.add_row("expected goodput", f"{best['mean_utility']:,.0f} tok/s, 95 % interval {lo:,.0f} - {hi:,.0f} "
-                      f"({how})")
+        if not cap or best["validated"]:  # a capacity's own interval is its bracket, above
+            unit = cap["unit"] if cap else "tok/s"
+            table.add_row(f"expected {'capacity' if cap else 'goodput'}",
+                          f"{best['mean_utility']:,.0f} {unit}, 95 % interval {lo:,.0f} - {hi:,.0f} ({how})")
         table.add_row("TTFT p50 / p99", f"{m['ttft_p50_ms']:.1f} / {m['ttft_p99_ms']:.1f} ms")
         table.add_row("ITL p50 / p99", f"{m['itl_p50_ms']:.2f} / {m['itl_p99_ms']:.2f} ms")
         table.add_row("throughput", f"{m['throughput_tok_s']:,.0f} tok/s")
     table.add_row("log", str(result.log_path))
     console.print(table)
+    rows = capacity_map(result.trials)
+    if rows:
+        path = result.log_path.with_name(result.log_path.stem + "_capacity.csv")
+        with path.open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["level", "unit", "sustains", "fails_at", "searches", "trials", "config"])
+            for r in rows:
+                out.writerow([r["level"], r["unit"], *r["interval"], r["searches"], " ".join(map(str, r["trials"])),
+                              json.dumps(r["config"])])
+        cmap = Table(title=f"capacity map ({len(rows)} configs; all in {path})")
+        for col in ("load sustained", "fails at", "config"):
+            cmap.add_column(col)
+        for r in rows[:5]:
+            cmap.add_row(f"{r['level']:g} {r['unit']}", f"{r['interval'][1]:g}" if r["interval"][1] else "-",
+                         json.dumps(r["config"]))
+        console.print(cmap)
 
 
 def _closest_miss(trials: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -44,8 +44,9 @@ VALIDATED = "validate"  # the phase of a re-measurement of a finalist (``--valid
 def config_interval(records: Sequence[Mapping[str, Any]]) -> tuple[float, float, float, int]:
     """(mean, low, high, loads) of one config's goodput over every load of its trials: the t-interval from two
     loads on (:mod:`sloguard_lib.confidence`), else its one trial's own interval. A trial that missed the SLO counts
-    at its penalised utility, so a finalist that misses on re-measurement falls behind one that holds."""
-    values = [g if r["status"] == "ok" else r["utility"] for r in records
+    at its penalised utility, so a finalist that misses on re-measurement falls behind one that holds; a capacity
+    trial by the load it sustained (its utility)."""
+    values = [r["utility"] if r["status"] != "ok" or r.get("capacity") else g for r in records
               for g in r.get("goodput_loads_tok_s") or [r["utility"]]]
     if len(values) > 1:
         lo, hi = t_interval(values)

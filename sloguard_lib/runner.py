@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .capacity import CapacitySearch, start_from
 from .early_stop import StopRule
 from .engine import ON_GPU, Engine, make_engine
 from .errors import InputError
@@ -44,9 +45,11 @@ from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
 RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space", "enqueue", "early_stop",
-               "validate")
+               "validate", "objective", "capacity_target",
+               "capacity_max")
 #: what a header written before a key existed meant by it
-LOGGED_DEFAULTS: dict[str, Any] = {"enqueue": [], "early_stop": False, "validate": 0}
+LOGGED_DEFAULTS: dict[str, Any] = {"enqueue": [], "early_stop": False, "validate": 0, "objective": "goodput"}
+OBJECTIVES = ("goodput", "capacity")
 ENQUEUED = "enqueued"  # the phase of a trial the user asked for, not the optimizer
 
 
@@ -67,6 +70,11 @@ class StudySpec:
     #: after the budget, re-measure the ``FINALISTS`` best configs this many times each on fresh servers and
     #: recommend the one with the best lower bound over those (:func:`incumbent.recommend`)
     validate: int = 0
+    #: "goodput" at the workload's load, or "capacity": the highest load each config sustains with
+    #: ``capacity_target`` of its requests within the SLO (:mod:`sloguard_lib.capacity`)
+    objective: str = "goodput"
+    capacity_target: float = 0.99
+    capacity_max: float | None = None  # the highest level searched (None: capacity.DEFAULT_MAX)
     #: end a trial's load once it cannot meet the SLO or beat the incumbent (:mod:`sloguard_lib.early_stop`)
     early_stop: bool = False
 
@@ -74,6 +82,9 @@ class StudySpec:
         if not 1 <= self.budget <= MAX_BUDGET:
             raise InputError(f"budget must be 1..{MAX_BUDGET} trials, got {self.budget}")
         check_seed(self.seed)
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        CapacitySearch(self.capacity_target, max_level=self.capacity_max)  # checks them
         if not 0 <= self.validate <= MAX_VALIDATE:
             raise InputError(f"--validate must be 0..{MAX_VALIDATE} re-measurements per finalist, got {self.validate}")
         if self.space is None:
@@ -86,7 +97,8 @@ class StudySpec:
 
     @property
     def study_id(self) -> str:
-        return f"{Path(self.model).name.lower()}_{self.gpu}_{self.backend}_{self.optimizer}_seed{self.seed}"
+        objective = "_capacity" if self.objective == "capacity" else ""
+        return f"{Path(self.model).name.lower()}_{self.gpu}_{self.backend}_{self.optimizer}{objective}_seed{self.seed}"
 
     def header(self) -> dict[str, Any]:
         assert self.space is not None
@@ -94,7 +106,9 @@ class StudySpec:
             "study_id": self.study_id, "optimizer": self.optimizer, "seed": self.seed, "budget": self.budget,
             "model": self.model, "gpu": self.gpu, "backend": self.backend, "slo": self.slo.to_dict(),
             "workload": self.workload.to_dict(), "space": self.space.to_dict(), "enqueue": list(self.enqueue),
-            "early_stop": self.early_stop, "validate": self.validate,
+            "early_stop": self.early_stop, "validate": self.validate, "objective": self.objective,
+            **({"capacity_target": self.capacity_target, "capacity_max": self.capacity_max}
+               if self.objective == "capacity" else {}),
             "sloguard_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -275,7 +289,8 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
                     break
                 n, proposal = item
                 config = spec.space.finalize(proposal.params)
-                pool.submit(Job(n, config, trial_seed(spec.seed, n), stop_rule(spec, history, config)))
+                pool.submit(Job(n, config, trial_seed(spec.seed, n), stop_rule(spec, history, config),
+                                capacity_search(spec, history, config)))
                 in_flight[n] = (proposal, sorted(in_flight), told)
             if not in_flight:
                 break
@@ -318,6 +333,15 @@ def validation_plan(spec: StudySpec, history: Sequence[Mapping[str, Any]]) -> li
     finals = [rs[0]["params"] for _, rs in ranked([t for t in history if t.get("phase") != VALIDATED])][:FINALISTS]
     return [(spec.budget + j * len(finals) + f, dict(params))
             for j in range(spec.validate) for f, params in enumerate(finals)]
+
+
+def capacity_search(spec: StudySpec, history: Sequence[Mapping[str, Any]], config: Config) -> CapacitySearch | None:
+    """A capacity study's next search, starting where the configs searched so far predict this one's capacity."""
+    if spec.objective != "capacity":
+        return None
+    assert spec.space is not None
+    return CapacitySearch(spec.capacity_target, start=start_from(history, config, spec.space),
+                          max_level=spec.capacity_max)
 
 
 def stop_rule(spec: StudySpec, history: list[dict[str, Any]], config: Config) -> StopRule | None:

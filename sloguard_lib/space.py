@@ -387,3 +387,17 @@ def _scalar(s: str) -> Any:
     if low in ("true", "false"):
         return low == "true"
     return s
+
+
+class ConfigDistance:
+    """Euclidean distance with each numeric knob scaled by its search range (log where the space is log;
+    recorded values outside the range, like a grid's gmu 0.03, extrapolate), plus 1 per differing flag."""
+
+    def __init__(self) -> None:
+        space = build_serving_space()
+        self.knobs = [space.knob(name) for name in NUMERIC_KNOBS]
+
+    def __call__(self, a: Config, b: Config) -> float:
+        total = sum((k.unit(a[k.name]) - k.unit(b[k.name])) ** 2 for k in self.knobs)
+        total += sum(a[k] != b[k] for k in (*BOOL_KNOBS, "quantization"))
+        return math.sqrt(total)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .capacity import CapacitySearch
 from .early_stop import StopRule
 from .engine import Engine, reaper
 from .errors import InputError
@@ -41,11 +42,12 @@ class Job:
     config: Config
     seed: int  # the trial's load seed (trial.trial_seed)
     stop: StopRule | None = None  # early stop, with the incumbent's goodput when it was submitted
+    capacity: CapacitySearch | None = None  # objective capacity: the search, with its start level
 
     def run(self, engine: Engine, workload: Workload, slo: SLO) -> dict[str, Any]:
         """The trial on ``engine``: its ``evaluate`` record, the server log named after the trial."""
         return evaluate(engine, self.config, workload, slo, self.seed, label=f"trial{self.trial:03d}",
-                        stop=self.stop)
+                        stop=self.stop, capacity=self.capacity)
 
 
 class Pool(Protocol):

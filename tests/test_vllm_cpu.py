@@ -184,3 +184,23 @@ def test_the_vllm_goodput_definition_is_vllm_bench_serves_own(vllm_env: dict[str
     assert ours.goodput_req_s == pytest.approx(theirs, abs=1e-12)
     assert ours.by_definition["goodput_vllm_req_s"] == ours.goodput_req_s
     assert ours.by_definition["goodput_sloguard_req_s"] != ours.goodput_req_s  # ITL p99 is stricter than TPOT
+
+
+def test_capacity_mode_brackets_a_real_server_on_one_start(vllm_env: dict[str, str], tmp_path: Path) -> None:
+    """One real server, probed at 2, 4 and 8 concurrent (the SLO is one a 2-core CPU meets at every level, so the
+    search climbs to --capacity-max); the capacity map names it, and no server outlives the study."""
+    done = sloguard(["tune", "--backend", "vllm", "--model", "tiny-qwen2", "--gpu", "cpu", "--optimizer", "random",
+                     "--seed", "3", "--workload", "concurrency=2,input_len=64,output_len=16,num_requests=6",
+                     "--range", "max_num_seqs=8:16", "--range", "max_num_batched_tokens=512:1024",
+                     "--range", "gpu_memory_utilization=0.15:0.3", "--budget", "1", "--objective", "capacity",
+                     "--capacity-max", "8", "--slo-ttft-p99", "20000", "--slo-itl-p99", "10000", "--out", "runs",
+                     "--quiet"], vllm_env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (trial,) = [json.loads(line) for line in next((tmp_path / "runs").glob("*.jsonl")).read_text().splitlines()[1:]]
+    cap = trial["capacity"]
+    assert [(p["level"], p["passed"], p["requests"]) for p in cap["probes"]] == [(2, True, 6), (4, True, 12),
+                                                                                   (8, True, 24)]
+    assert trial["status"] == "ok" and trial["utility"] == cap["level"] == 8 and cap["interval"] == [8, None]
+    assert trial["metrics"]["requests_ok"] == 24  # the metrics of the highest level sustained
+    assert "8 concurrency" in done.stdout and any((tmp_path / "runs").glob("*_capacity.csv"))
+    assert vllm_processes() == []

@@ -21,7 +21,6 @@ the caveat that every request gets the trial-level gap distribution).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 from ..errors import InputError
 from ..hardware import GpuProfile, ModelShape, latency_floor_ms
 from ..metrics import LoadResult, RequestResult
-from ..space import BOOL_KNOBS, NUMERIC_KNOBS, Config, build_serving_space, config_key
+from ..space import Config, ConfigDistance, config_key
 from ..workload import Workload
 from .base import EngineCrash, ServerInfo
 from .sim import vllm_defaults
@@ -116,20 +115,6 @@ def _parse(rec: Mapping[str, Any], header: Mapping[str, Any], source: str, defau
 def _same_hardware(rec: Mapping[str, Any], model: ModelShape, gpu: GpuProfile) -> bool:
     rec_model, rec_gpu = str(rec.get("model", "")).lower(), str(rec.get("gpu", "")).lower()
     return rec_model.split(" ")[0] == model.name.lower() and gpu.name.split("-")[0] in rec_gpu
-
-
-class ConfigDistance:
-    """Euclidean distance with each numeric knob scaled by its search range (log where the space is log;
-    recorded values outside the range, like a grid's gmu 0.03, extrapolate), plus 1 per differing flag."""
-
-    def __init__(self) -> None:
-        space = build_serving_space()
-        self.knobs = [space.knob(name) for name in NUMERIC_KNOBS]
-
-    def __call__(self, a: Config, b: Config) -> float:
-        total = sum((k.unit(a[k.name]) - k.unit(b[k.name])) ** 2 for k in self.knobs)
-        total += sum(a[k] != b[k] for k in (*BOOL_KNOBS, "quantization"))
-        return math.sqrt(total)
 
 
 class ReplayEngine:
