@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sloguard_lib.early_stop import StopRule, misses_deciding_p99
+from sloguard_lib.early_stop import FAR, StopRule, misses_deciding_p99
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.loadgen import LoadTarget, run_load
@@ -67,6 +67,9 @@ def test_a_stopped_trial_is_one_whose_full_load_reaches_the_same_verdict() -> No
             assert full["status"] == "slo_violation" or full["metrics"]["goodput_tok_s"] < beat
         else:
             assert full["status"] == "slo_violation" and stop["reason"] in full["violated"]
+            if stop["reason"] != "failed_request":  # stopped as a far miss: the bound holds for the full load
+                limit = SLO_.thresholds()[stop["reason"]]
+                assert full["metrics"][stop["reason"]] >= stop["p99_at_least_ms"] >= FAR * limit
             assert cut["status"] == "slo_violation" and stop["reason"] in cut["violated"]
     # the property above was exercised on both kinds of stop
     assert reasons.get("cannot_beat_incumbent", 0) >= 3 and sum(reasons.values()) - reasons.get(

@@ -88,6 +88,14 @@ def test_tune_notebook_writes_log_and_resumes(tmp_path: Path) -> None:
     assert any("crash waste" in o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
 
 
+def test_tune_notebook_takes_early_stop_and_validation(tmp_path: Path) -> None:
+    _execute("tune", tmp_path, budget=4, workload=SMALL, out_dir=str(tmp_path), early_stop=True, validate=1)
+    log = next(tmp_path.glob("*.jsonl"))
+    contents = read_log(log)
+    assert contents.header["early_stop"] is True and contents.header["validate"] == 1
+    assert [t["phase"] for t in contents.trials][4:] == ["validate"] * (len(contents.trials) - 4) != []
+
+
 def test_quickstart_notebook_runs_without_gpu(tmp_path: Path) -> None:
     nb = _execute("quickstart", tmp_path, source=None, budget=3, workload=SMALL, out_dir=str(tmp_path))
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
