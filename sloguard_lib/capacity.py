@@ -42,7 +42,7 @@ from .workload import Workload
 PER_SLOT = 3  # requests per unit of concurrency in a probe: the first wave is a third of it
 RATE_WINDOW_S = 10.0  # an open-loop probe's arrivals last at least this long
 NEAR_STEP = 1.25  # the first step from a neighbour's level, squared at each further step, up to 2x
-MAX_PROBES = 12  # doubling from 1 to 512 and bisecting to 10 % takes ~12
+MAX_PROBES = 20  # a guard: climbing from 1 to 512 and bisecting to 10 % takes 14 at most (tested)
 MIN_FIT = 3  # searches before their regression predicts where the next one starts
 DEFAULT_MAX = {"concurrency": 512.0, "rate": 1000.0}
 MAX_LEVEL = 100_000.0  # a typo's bound: 3 x 100,000 requests per probe is already hours
@@ -102,15 +102,15 @@ class CapacitySearch:
                 passed_at = level
             else:
                 failed_at = level
+            step = 1.0 if closed else 0.0  # a concurrency moves by one at least, where 1.25x rounds to itself
             if math.isinf(failed_at):
-                nxt, growth = min(level * growth, top), min(growth ** 2, 2.0)
+                nxt, growth = min(max(_snap(level * growth, closed), level + step), top), min(growth ** 2, 2.0)
             elif math.isinf(passed_at):
-                nxt, growth = max(level / growth, floor), min(growth ** 2, 2.0)
+                nxt, growth = max(min(_snap(level / growth, closed), level - step), floor), min(growth ** 2, 2.0)
             else:
-                if failed_at - passed_at <= max(1.0 if closed else 0.0, self.tolerance * passed_at):
+                if failed_at - passed_at <= max(step, self.tolerance * passed_at):
                     break
-                nxt = (passed_at + failed_at) / 2
-            nxt = _snap(nxt, closed)
+                nxt = _snap((passed_at + failed_at) / 2, closed)
             if any(p.level == nxt for p in probes):  # at the top or the floor, or the bracket is one step wide
                 break
             level = nxt

@@ -9,9 +9,10 @@ the monitor counts misses as requests complete and knows when a count reaches it
 verdict is then *decided*, not estimated (deterministic curtailment, the degenerate sequential test whose error
 rate is 0 rather than 5 %). A failed request ends the load at once; a decided p99 miss ends it once it is also
 certainly a far miss (p99 at least ``FAR`` times the limit: the ``limit``-th largest value seen bounds the final
-p99 from below), because the search learns its way to the SLO boundary from near misses' full measurements. No model of the remaining requests is needed, and none would be safe:
-closed-loop requests are not exchangeable (the first wave's TTFTs are a load's worst, all prompts arriving at
-once), so a test that extrapolated the early miss rate would stop configs that end up feasible.
+p99 from below), because the search learns its way to the SLO boundary from near misses' full measurements.
+No model of the remaining requests is needed, and none would be safe: closed-loop requests are not exchangeable
+(the first wave's TTFTs are a load's worst, all prompts arriving at once), so a test that extrapolated the early
+miss rate would stop configs that end up feasible.
 
 ``beat``: the goodput the trial must exceed to matter (the incumbent's). The load's final goodput is at most
 (output tokens of the good requests so far + every unfinished request's tokens) / the time elapsed, since the

@@ -45,8 +45,7 @@ from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
 RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space", "enqueue", "early_stop",
-               "validate", "objective", "capacity_target",
-               "capacity_max")
+               "validate", "objective", "capacity_target", "capacity_max")
 #: what a header written before a key existed meant by it
 LOGGED_DEFAULTS: dict[str, Any] = {"enqueue": [], "early_stop": False, "validate": 0, "objective": "goodput"}
 OBJECTIVES = ("goodput", "capacity")
@@ -262,7 +261,6 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
     logged = {rec["trial"] for rec in done}
     pool, own_engine = _pool(spec, path, engine, done, parallel)
     in_flight: dict[int, tuple[Proposal, list[int], int]] = {}  # trial -> (proposal, pending then, told then)
-    told = len(done)
     history = list(done)  # every record told, in order
 
     def upcoming() -> Iterator[tuple[int, Proposal] | None]:
@@ -291,7 +289,7 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
                 config = spec.space.finalize(proposal.params)
                 pool.submit(Job(n, config, trial_seed(spec.seed, n), stop_rule(spec, history, config),
                                 capacity_search(spec, history, config)))
-                in_flight[n] = (proposal, sorted(in_flight), told)
+                in_flight[n] = (proposal, sorted(in_flight), len(history))
             if not in_flight:
                 break
             job, rec = pool.next_result()
@@ -306,12 +304,12 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
             try:
                 log.append_trial(rec)  # durable before the optimizer learns of it
             except OSError as e:  # disk full, read-only remount: stop, and hand the measured record to the user
-                raise InputError(f"cannot append trial {job.trial} to {str(path)!r}: {e.strerror or e}; the {told} "
-                                 f"trials before it are safe, --resume re-runs it once the log is writable. Its "
+                raise InputError(f"cannot append trial {job.trial} to {str(path)!r}: {e.strerror or e}; the "
+                                 f"{len(history)} trials before it are safe, --resume re-runs it once the log is "
+                                 f"writable. Its "
                                  f"record: {json.dumps(rec, default=str)}") from None
             optimizer.tell(proposal.params, outcome_of(rec))
             history.append(rec)
-            told += 1
             if on_trial:
                 on_trial(rec)
     finally:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sloguard_lib.capacity import CapacitySearch, capacity_map
+from sloguard_lib.capacity import CapacitySearch, Probe, capacity_map
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
+from sloguard_lib.metrics import LoadResult, RequestResult
 from sloguard_lib.runner import StudySpec, run_study
 from sloguard_lib.slo import SLO
 from sloguard_lib.space import config_key
@@ -62,7 +63,7 @@ def test_a_config_that_sustains_no_load_is_a_miss_with_no_utility() -> None:
     assert [p["level"] for p in rec["capacity"]["probes"]] == [8.0, 4.0, 2.0, 1.0]  # halved down to the floor
 
 
-def test_a_capacity_study_starts_each_search_where_the_earlier_ones_predict_and_maps_every_config(tmp_path: Path) -> None:
+def test_a_capacity_study_starts_each_search_where_earlier_ones_predict_and_maps_every_config(tmp_path: Path) -> None:
     spec = StudySpec(model="qwen2-1.5b", gpu="a100-40gb", optimizer="tba-tpe", budget=12, workload=WL,
                      objective="capacity")
     trials = run_study(spec, tmp_path).trials
@@ -89,3 +90,28 @@ def test_a_capacity_study_starts_each_search_where_the_earlier_ones_predict_and_
 def test_bad_capacity_settings_are_refused(target: float, top: float | None) -> None:
     with pytest.raises(InputError, match="--capacity-"):
         CapacitySearch(target, max_level=top)
+
+
+class _Cliff:
+    """A server that meets the SLO for every request up to ``capacity`` concurrent, and for none above."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+
+    def run_load(self, wl: Workload, until: object = None) -> LoadResult:
+        ttft = 0.1 if wl.concurrency <= self.capacity else 9.0
+        return LoadResult([RequestResult(i, ok=True, prompt_tokens=8, output_tokens=4, ttft_s=ttft,
+                                         itl_s=[0.01] * 3, e2e_s=ttft + 0.03) for i in range(wl.num_requests)], 1.0)
+
+
+@pytest.mark.parametrize("start", [None, 1.0, 2.0, 3.0, 5.0, 17.0, 300.0])
+def test_the_search_brackets_the_capacity_from_any_start(start: float | None) -> None:
+    wl = Workload(concurrency=8, num_requests=8, input_len=8, output_len=4)
+    for true in [1, 2, 3, 4, 6, 7, 9, 13, 40, 100, 511]:
+        probes: list[Probe] = []
+        CapacitySearch(0.99, start=start).run(_Cliff(true), wl, SLO(500, 100), probes)  # type: ignore[arg-type]
+        passed = [p.level for p in probes if p.passed]
+        failed = [p.level for p in probes if not p.passed]
+        level, above = max(passed), min(failed, default=math.inf)
+        assert level <= true < above and above - level <= max(1, 0.1 * level), (start, true, probes)
+        assert len(probes) <= 14
