@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="capacity: the share of requests that must meet the SLO")
     tune.add_argument("--capacity-max", type=float, default=None, metavar="LEVEL",
                       help="capacity: the highest concurrency or rate searched (default 512 concurrent, 1000/s)")
+    tune.add_argument("--screen", default=None, choices=["sim"],
+                      help="before each real trial, screen --screen-trials configs on a simulator re-fitted to this "
+                           "study's real trials, and spend the real trial on the one it predicts best (or knows least)")
+    tune.add_argument("--screen-trials", type=int, default=60, metavar="N", help="sim trials per real one")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.add_argument("--stop-after-s", type=float, default=None,
                       help="start no new trial after this many seconds (continue later with --resume)")
@@ -244,7 +248,7 @@ def cmd_tune(args: argparse.Namespace, console: Console) -> int:
                      backend=backend, slo=_slo(args), workload=workload, space=_space(args, gpu, workload),
                      enqueue=tuple(c for text in args.enqueue for c in _configs(text)), early_stop=args.early_stop,
                      validate=args.validate, objective=args.objective, capacity_target=args.capacity_target,
-                     capacity_max=args.capacity_max)
+                     capacity_max=args.capacity_max, screen=args.screen, screen_trials=args.screen_trials)
     options = _engine_options(args) | {"log_dir": server_log_dir(args.out, spec)}
     engine = make_engine(backend, resolve_model(args.model), get_gpu(gpu), options)
     spec.slo.check_attainable(*engine.latency_floor_ms(spec.workload))

@@ -23,7 +23,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,12 @@ from . import __version__
 from .capacity import CapacitySearch, start_from
 from .early_stop import StopRule
 from .engine import ON_GPU, Engine, make_engine
+from .engine.calibration import SimCalibration
 from .errors import InputError
 from .hardware import get_gpu, kv_budget_tokens, memory_prior, resolve_model
 from .incumbent import VALIDATED, incumbent, ranked, recommend
 from .optimizers import Optimizer, Outcome, Proposal, make_optimizer
+from .screen import ScreenedOptimizer
 from .slo import SLO
 from .space import Config, SearchSpace, build_serving_space, config_key
 from .trial import trial_seed
@@ -45,7 +47,7 @@ from .workload import Workload
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
 RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space", "enqueue", "early_stop",
-               "validate", "objective", "capacity_target", "capacity_max")
+               "validate", "objective", "capacity_target", "capacity_max", "screen")
 #: what a header written before a key existed meant by it
 LOGGED_DEFAULTS: dict[str, Any] = {"enqueue": [], "early_stop": False, "validate": 0, "objective": "goodput"}
 OBJECTIVES = ("goodput", "capacity")
@@ -74,6 +76,12 @@ class StudySpec:
     objective: str = "goodput"
     capacity_target: float = 0.99
     capacity_max: float | None = None  # the highest level searched (None: capacity.DEFAULT_MAX)
+    #: "sim": each real trial's config chosen by a simulator screen re-fitted to the real trials so far
+    #: (:mod:`sloguard_lib.screen`), ``screen_trials`` sim trials before each; ``screen_cal`` the screen's starting
+    #: calibration (None: the packaged one; the sim benchmark passes a deliberately wrong one)
+    screen: str | None = None
+    screen_trials: int = 60
+    screen_cal: SimCalibration | None = None
     #: end a trial's load once it cannot meet the SLO or beat the incumbent (:mod:`sloguard_lib.early_stop`)
     early_stop: bool = False
 
@@ -84,6 +92,10 @@ class StudySpec:
         if self.objective not in OBJECTIVES:
             raise InputError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         CapacitySearch(self.capacity_target, max_level=self.capacity_max)  # checks them
+        if self.screen not in (None, "sim"):
+            raise InputError(f"--screen {self.screen!r}: the one screen is sim")
+        if not 1 <= self.screen_trials <= MAX_BUDGET:
+            raise InputError(f"--screen-trials must be 1..{MAX_BUDGET}, got {self.screen_trials}")
         if not 0 <= self.validate <= MAX_VALIDATE:
             raise InputError(f"--validate must be 0..{MAX_VALIDATE} re-measurements per finalist, got {self.validate}")
         if self.space is None:
@@ -108,6 +120,9 @@ class StudySpec:
             "early_stop": self.early_stop, "validate": self.validate, "objective": self.objective,
             **({"capacity_target": self.capacity_target, "capacity_max": self.capacity_max}
                if self.objective == "capacity" else {}),
+            **({"screen": {"engine": self.screen, "trials": self.screen_trials,
+                           "calibration": asdict(self.screen_cal) if self.screen_cal else "default"}}
+               if self.screen else {}),
             "sloguard_version": __version__, "git_commit": git_commit(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -248,6 +263,12 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
     assert spec.space is not None
     prior = memory_prior(resolve_model(spec.model), get_gpu(spec.gpu))
     optimizer = make_optimizer(spec.optimizer, spec.space, spec.seed, budget=spec.budget, prior=prior)
+    if spec.screen:
+        space = spec.space
+        optimizer = ScreenedOptimizer(
+            lambda s: make_optimizer(spec.optimizer, space, s, budget=spec.budget, prior=prior), space, spec.seed,
+            model=resolve_model(spec.model), gpu=get_gpu(spec.gpu), workload=spec.workload, slo=spec.slo,
+            cal=spec.screen_cal, screen_trials=spec.screen_trials)
     done: list[dict[str, Any]] = []
     logged_budget = spec.budget
     if path.exists() and (path.is_dir() or not holds_no_record(path)):
@@ -295,7 +316,8 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
             job, rec = pool.next_result()
             proposal, pending_then, told_then = in_flight.pop(job.trial)
             rec = {"study_id": spec.study_id, "trial": job.trial, "seed": spec.seed, "optimizer": spec.optimizer,
-                   "phase": proposal.phase, "params": proposal.params, **rec, "backend": spec.backend,
+                   "phase": proposal.phase, "params": proposal.params,
+                   **({"screen": proposal.screen} if proposal.screen else {}), **rec, "backend": spec.backend,
                    "engine_version": rec.get("engine_version") or (own_engine.describe()["engine_version"]
                                                                      if own_engine else None),
                    "gpu": spec.gpu, "model": spec.model, "git_commit": header["git_commit"],

@@ -27,6 +27,7 @@ OutcomeStatus = Literal["ok", "slo_violation", "crash", "error"]
 class Proposal:
     params: Config
     phase: str = "main"
+    screen: dict[str, Any] | None = None  # what a sim screen predicted for it (:mod:`sloguard_lib.screen`)
 
 
 @dataclass(frozen=True)
