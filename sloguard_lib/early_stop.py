@@ -72,7 +72,7 @@ class Monitor:
     done: int = 0
     good_tokens: int = 0
     done_tokens: int = 0
-    misses: dict[str, int] = field(default_factory=dict)
+    misses: dict[str, int] = field(init=False)  # per metric, values above its limit
     top: dict[str, list[float]] = field(init=False)
     limits: dict[str, int] = field(init=False)
     planned_tokens: int = field(init=False)
@@ -109,8 +109,8 @@ class Monitor:
             self._count("tpot_p99_ms", [r.tpot_s])
         if "e2e_p99_ms" in limits:
             self._count("e2e_p99_ms", [r.e2e_s])
-        for name, limit in self.limits.items():
-            if self.misses[name] >= limit and self.p99_at_least(name) >= FAR * limits[name]:
+        for name in self.limits:  # decided (nan before) and far
+            if self.p99_at_least(name) >= FAR * limits[name]:
                 return self._stop(name, at_s)
         if slo.is_good(r):
             self.good_tokens += r.output_tokens
