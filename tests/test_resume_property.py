@@ -24,8 +24,8 @@ from sloguard_lib.workload import Workload
 #: wall-clock fields; everything else, ``gpu_seconds`` and ``engine_start_s`` included, must match
 VOLATILE = {"wall_s", "finished"}
 #: budgets up to 200; the GP of constrained-bo costs 127 s for one 200-trial run on this machine, so in the suite
-#: it draws up to 80 (the 200-trial case is the same code path, run once by hand: see the closing note of #24)
-MAX_BUDGET = {"constrained-bo": 60}
+#: it draws up to 40 (the 200-trial case is the same code path, run once by hand: see the closing note of #24)
+MAX_BUDGET = {"constrained-bo": 40}
 
 
 def spec(optimizer: str, budget: int, seed: int, model: str = "qwen2-1.5b", gpu: str = "a100-40gb") -> StudySpec:
