@@ -19,7 +19,6 @@ of the landscape best, and whether it *holds* (expected >= 95 % of what the stud
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import statistics
 import sys
@@ -32,7 +31,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimizers import ROOT, SCENARIOS, Scenario
+from optimizers import Scenario, chosen, sim_arguments, write_result
 
 from sloguard_lib import capacity
 from sloguard_lib.capacity import CapacitySearch
@@ -94,14 +93,10 @@ def one_run(job: tuple[Scenario, str, int, int]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=20)
+    ap = sim_arguments(landscape=120)
     ap.add_argument("--budget", type=int, default=15)
-    ap.add_argument("--landscape", type=int, default=120)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--scenarios", nargs="+", default=[s.name for s in SCENARIOS])
     args = ap.parse_args()
-    scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
+    scenarios = chosen(args.scenarios)
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs) as pool:
         tops = dict(zip((s.name for s in scenarios), pool.starmap(landscape, [(s, args.landscape) for s in scenarios]),
@@ -116,9 +111,7 @@ def main() -> None:
     best = {s.name: max(max(best_of[s.name], default=0.0), df[df.scenario == s.name].expected.max())
             for s in scenarios}
     df["final_pct"] = [100 * e / best[s] if best[s] else 0.0 for e, s in zip(df.expected, df.scenario, strict=True)]
-    out = ROOT / "results" / "benchmarks"
-    out.mkdir(parents=True, exist_ok=True)
-    df.drop(columns=["config"]).to_csv(out / f"capacity_b{args.budget}.csv", index=False)
+    write_result(df.drop(columns=["config"]), f"capacity_b{args.budget}.csv")
     print(f"tba-tpe, budget {args.budget}, {args.seeds} seeds, target {TARGET:.0%}; simulated GPU time\n")
     for s in scenarios:
         d = df[df.scenario == s.name]

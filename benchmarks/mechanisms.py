@@ -20,7 +20,6 @@ the study reported for it (the mean it was ranked by). Prints one markdown table
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimizers import ROOT, SCENARIOS, Scenario, expected_goodput, landscape
+from optimizers import Scenario, chosen, expected_goodput, landscape, sim_arguments, write_result
 
 from sloguard_lib.runner import FINALISTS, StudySpec, run_study
 
@@ -75,15 +74,11 @@ def table(d: pd.DataFrame, sc: Scenario, best: float, order: list[str]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=20)
+    ap = sim_arguments()
     ap.add_argument("--budget", type=int, default=15)
     ap.add_argument("--validate", type=int, default=2)
-    ap.add_argument("--landscape", type=int, default=400)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--scenarios", nargs="+", default=[s.name for s in SCENARIOS])
     args = ap.parse_args()
-    scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
+    scenarios = chosen(args.scenarios)
     kinds = variants(args.budget, args.validate)
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs) as pool:
@@ -92,9 +87,7 @@ def main() -> None:
                 for s in scenarios for name, options in kinds.items() for seed in range(args.seeds)]
         rows = pool.map(one_run, jobs, chunksize=1)
     df = pd.DataFrame(rows)
-    out = ROOT / "results" / "benchmarks"
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / f"mechanisms_b{args.budget}_v{args.validate}.csv", index=False)
+    write_result(df, f"mechanisms_b{args.budget}_v{args.validate}.csv")
     print(f"tba-tpe, budget {args.budget}, {args.seeds} seeds; simulated GPU time\n")
     for s in scenarios:
         print(table(df[df.scenario == s.name], s, lands[s.name]["best"], list(kinds)) + "\n")

@@ -89,6 +89,26 @@ MIN_NOISE = 0.05  # relative per-seed spread assumed at least, so three lucky cl
 TOP_K = 10  # landscape configs (best measured) whose expected goodput is computed
 
 
+def sim_arguments(landscape: int = 400) -> argparse.ArgumentParser:
+    """The flags every sim benchmark takes: paired seeds, the landscape's sample, processes, scenarios."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--landscape", type=int, default=landscape, help="random samples per scenario for its best")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--scenarios", nargs="+", default=[s.name for s in SCENARIOS])
+    return ap
+
+
+def chosen(names: list[str]) -> list[Scenario]:
+    return [s for s in SCENARIOS if s.name in names]
+
+
+def write_result(df: pd.DataFrame, name: str) -> None:
+    out = ROOT / "results" / "benchmarks"
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / name, index=False)
+
+
 def seed_goodputs(sc: Scenario, config: dict[str, Any], seeds: range) -> list[float]:
     """Goodput on each of a fixed list of load seeds, on a fresh engine (no warm compile cache)."""
     engine = SimEngine(resolve_model(sc.model), get_gpu(sc.gpu))
@@ -245,13 +265,9 @@ def figures(df: pd.DataFrame, budget: int, tag: str, out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=20)
+    ap = sim_arguments()
     ap.add_argument("--budget", type=int, default=15)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--landscape", type=int, default=400, help="random samples per scenario for the landscape best")
     ap.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS))
-    ap.add_argument("--scenarios", nargs="*", default=[s.name for s in SCENARIOS])
     ap.add_argument("--load-scale", type=int, default=1,
                     help="multiply every scenario's requests per load (less measurement noise, slower trials)")
     ap.add_argument("--repeats", type=int, default=1,
@@ -260,7 +276,7 @@ def main() -> None:
     args = ap.parse_args()
     scenarios = [dataclasses.replace(s, workload=dataclasses.replace(
         s.workload, num_requests=s.workload.num_requests * args.load_scale, repeats=args.repeats))
-        for s in SCENARIOS if s.name in args.scenarios]
+        for s in chosen(args.scenarios)]
     tag = (f"b{args.budget}" + (f"_x{args.load_scale}" if args.load_scale != 1 else "")
            + (f"_r{args.repeats}" if args.repeats != 1 else ""))
     t0 = time.perf_counter()

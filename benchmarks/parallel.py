@@ -15,7 +15,6 @@ count's speed-up over one worker (ratio of median times to 95 % over the seeds t
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing as mp
 import sys
@@ -28,7 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimizers import ROOT, SCENARIOS, Scenario, expected_goodput, landscape
+from optimizers import Scenario, chosen, expected_goodput, landscape, sim_arguments, write_result
 
 from sloguard_lib import stats
 from sloguard_lib.incumbent import incumbent
@@ -72,16 +71,12 @@ def table(d: pd.DataFrame, sc: Scenario, best: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=20)
+    ap = sim_arguments()
     ap.add_argument("--budget", type=int, default=15)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--optimizer", default="tba-tpe")
-    ap.add_argument("--landscape", type=int, default=400)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--scenarios", nargs="+", default=[s.name for s in SCENARIOS])
     args = ap.parse_args()
-    scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
+    scenarios = chosen(args.scenarios)
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs) as pool:
         lands = {land["scenario"]: land for land in pool.starmap(landscape, [(s, args.landscape) for s in scenarios])}
@@ -89,9 +84,7 @@ def main() -> None:
                 for s in scenarios for w in args.workers for seed in range(args.seeds)]
         rows = pool.map(one_run, jobs, chunksize=1)
     df = pd.DataFrame(rows)
-    out = ROOT / "results" / "benchmarks"
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / f"parallel_b{args.budget}.csv", index=False)
+    write_result(df, f"parallel_b{args.budget}.csv")
     print(f"{args.optimizer}, budget {args.budget}, {args.seeds} seeds; simulated GPU time\n")
     for s in scenarios:
         print(table(df[df.scenario == s.name], s, lands[s.name]["best"]) + "\n")

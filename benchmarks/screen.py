@@ -13,7 +13,6 @@ reaches 95 %, and the real GPU-seconds spent. Writes ``results/benchmarks/screen
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import statistics
 import sys
@@ -26,7 +25,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimizers import ROOT, SCENARIOS, Scenario, expected_goodput, landscape
+from optimizers import Scenario, chosen, expected_goodput, landscape, sim_arguments, write_result
 
 from sloguard_lib.engine.calibration import DEFAULT
 from sloguard_lib.engine.sim import SimEngine
@@ -73,14 +72,10 @@ def one_run(job: tuple[Scenario, str, int, int, float]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=20)
+    ap = sim_arguments()
     ap.add_argument("--screen-trials", type=int, default=40)
-    ap.add_argument("--landscape", type=int, default=400)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--scenarios", nargs="+", default=[s.name for s in SCENARIOS])
     args = ap.parse_args()
-    scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
+    scenarios = chosen(args.scenarios)
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs) as pool:
         errors = dict(zip((s.name for s in scenarios), pool.map(screen_error, scenarios), strict=True))
@@ -88,9 +83,7 @@ def main() -> None:
         rows = pool.map(one_run, [(s, v, seed, args.screen_trials, lands[s.name]["best"]) for s in scenarios
                                   for v in VARIANTS for seed in range(args.seeds)], chunksize=1)
     df = pd.DataFrame(rows)
-    out = ROOT / "results" / "benchmarks"
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "screen.csv", index=False)
+    write_result(df, "screen.csv")
     print(f"{args.seeds} seeds, {args.screen_trials} screen trials per real one; the screen starts wrong by:")
     for name, e in errors.items():
         print(f"- {name}: " + ", ".join(f"{k} {v:.0f} %" for k, v in e.items()))
