@@ -5,9 +5,11 @@ Run there after ``install.sh``::
     PYTHONPATH=/tmp/site:. python3 scripts/device/calibrate.py --out $OUT --budget-s 500
 
 Each config starts ONE server and runs every load of that config against it, so start-up time is paid
-once per config. One JSON record per (config, load) is appended (and flushed) to ``calibration.jsonl``
-as it is measured, so a run cut short keeps everything measured so far. Server logs are packed into
-``server_logs.tar.gz``.
+once per config. ``--grid fidelity`` is the held-out-error grid of issue #16 (:func:`fidelity_grid`: 43 configs,
+every (config, workload) on three loads of their own prompt seeds); ``--resume`` skips the configs that
+``calibration.jsonl`` in ``--out`` already holds, so the grid spreads over device calls. One JSON record per
+(config, load) is appended (and flushed) to ``calibration.jsonl`` as it is measured, so a run cut short keeps
+everything measured so far. Server logs are packed into ``server_logs.tar.gz``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sloguard_lib.engine.base import EngineCrash
 from sloguard_lib.engine.vllm import VllmEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.metrics import summarize
+from sloguard_lib.runner import default_space
 from sloguard_lib.workload import Workload
 
 _loads = iter(range(1, 10_000))
@@ -61,6 +66,74 @@ GRID: list[tuple[str, dict[str, Any], list[Workload]]] = [
 ]
 
 
+def fidelity_grid() -> list[tuple[str, dict[str, Any], list[Workload]]]:
+    """Issue #16's coverage, three loads (each on its own prompt seed) per (config, workload): chunked-prefill
+    budgets 256-8192 at two concurrencies, prefix-cache shares 0-90 %, eager against graphs, queueing
+    (``max_num_seqs`` below the concurrency), 2-4k prompts, 128-256 concurrent, KV pressure with preemption,
+    start-up crashes, and ten random configs of the default space for the knobs' interactions."""
+    def three(c: int, n: int, **kw: Any) -> list[Workload]:
+        return [wl(c, n, **kw) for _ in range(3)]
+
+    base = {"gpu_memory_utilization": 0.8, "max_model_len": 4096, "max_num_seqs": 256}
+    grid: list[tuple[str, dict[str, Any], list[Workload]]] = []
+    for mbt in (256, 512, 1024, 2048, 4096, 8192):
+        grid.append((f"chunk_{mbt}", base | {"enable_chunked_prefill": True, "max_num_batched_tokens": mbt},
+                     three(16, 64) + three(64, 192)))
+    for mbt, eager in ((2048, False), (8192, False), (2048, True)):
+        grid.append((f"prefix_{mbt}{'_eager' if eager else ''}",
+                     base | {"enable_prefix_caching": True, "max_num_batched_tokens": mbt, "enforce_eager": eager},
+                     three(32, 96, shared_prefix=0.3) + three(32, 96, shared_prefix=0.6)
+                     + three(32, 96, shared_prefix=0.9)))
+    for eager in (False, True):
+        tag = "eager" if eager else "graphs"
+        grid += [(f"{tag}_chunk_1024", base | {"enforce_eager": eager, "max_num_batched_tokens": 1024},
+                  three(8, 32) + three(64, 192)),
+                 (f"{tag}_chunk_4096", base | {"enforce_eager": eager, "max_num_batched_tokens": 4096},
+                  three(8, 32) + three(64, 192)),
+                 (f"{tag}_nochunk_8192", base | {"enforce_eager": eager, "enable_chunked_prefill": False,
+                                                 "max_num_batched_tokens": 8192}, three(8, 32) + three(64, 192))]
+    for mns in (4, 8, 16, 32):
+        grid.append((f"queue_{mns}", base | {"max_num_seqs": mns, "max_num_batched_tokens": 2048},
+                     three(64, 128)))
+    for mbt in (2048, 8192):
+        long_ctx = base | {"max_model_len": 8192, "max_num_batched_tokens": mbt}
+        grid += [(f"long_{mbt}", long_ctx, three(8, 24, i=2048) + three(8, 24, i=4000)),
+                 (f"long_{mbt}_c32", long_ctx | {"enable_prefix_caching": False}, three(32, 64, i=3000))]
+    for mbt in (2048, 8192):
+        grid += [(f"high_conc_{mbt}", base | {"max_num_batched_tokens": mbt}, three(128, 384) + three(256, 512)),
+                 (f"high_conc_{mbt}_short", base | {"max_num_batched_tokens": mbt, "enable_prefix_caching": False},
+                  three(256, 512, i=128, o=256))]
+    for gmu in (0.035, 0.045, 0.06):  # 141 GB x gmu - 3 GB of weights: KV for tens of thousands of tokens
+        grid.append((f"kv_pressure_{gmu}", {"gpu_memory_utilization": gmu, "max_model_len": 2048,
+                                            "max_num_seqs": 256}, three(128, 256, o=256)))
+    grid += [("crash_gmu_too_low", {"gpu_memory_utilization": 0.015}, []),
+             ("crash_kv_below_max_model_len", {"gpu_memory_utilization": 0.03, "max_model_len": 65536}, []),
+             ("crash_invalid_combination", {"max_num_batched_tokens": 512, "max_model_len": 4096,
+                                            "enable_chunked_prefill": False}, [])]
+    space = default_space("qwen2-1.5b", "h200-141gb", Workload(concurrency=32, input_len=512, output_len=128))
+    rng = np.random.default_rng(16)
+    for k in range(10):
+        grid.append((f"random_{k}", space.finalize(space.sample(rng)), three(32, 96)))
+    return grid
+
+
+def done_configs(path: Path) -> set[str]:
+    """Names of the grid rows ``path`` holds a record of (a crash, or every load the row asks for)."""
+    if not path.exists():
+        return set()
+    counts: dict[str, int] = {}
+    crashed = set()
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        counts[rec["name"]] = counts.get(rec["name"], 0) + 1
+        if rec["status"] == "crash":
+            crashed.add(rec["name"])
+    return crashed | {name for name, _, loads in GRIDS["fidelity"] if loads and counts.get(name, 0) >= len(loads)}
+
+
+GRIDS = {"h100": GRID, "fidelity": fidelity_grid()}
+
+
 def gpu_name() -> str:
     try:
         return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -74,11 +147,15 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=500.0, help="stop starting servers after this many seconds")
     ap.add_argument("--only", nargs="*", default=None, help="names of grid rows to run")
+    ap.add_argument("--grid", choices=list(GRIDS), default="h100")
+    ap.add_argument("--gpu", default="h100-80gb", help="the profile that names the records")
+    ap.add_argument("--resume", action="store_true", help="skip the rows calibration.jsonl in --out holds")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = Path("/tmp/sloguard_server_logs")  # $OUT returns few files: logs travel as one tarball
-    engine = VllmEngine(resolve_model("qwen2-1.5b"), get_gpu("h100-80gb"), log_dir=logs, startup_timeout_s=300)
+    engine = VllmEngine(resolve_model("qwen2-1.5b"), get_gpu(args.gpu), log_dir=logs, startup_timeout_s=300)
+    skip = done_configs(out / "calibration.jsonl") if args.resume else set()
     t_begin = time.perf_counter()
     name_gpu = gpu_name()
     with open(out / "calibration.jsonl", "a") as f:
@@ -91,8 +168,8 @@ def main() -> None:
                               if k in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "throughput_tok_s")}
                              | {"conc": rec.get("workload", {}).get("concurrency")}), flush=True)
 
-        for name, config, loads in GRID:
-            if args.only and name not in args.only:
+        for name, config, loads in GRIDS[args.grid]:
+            if (args.only and name not in args.only) or name in skip:
                 continue
             if time.perf_counter() - t_begin > args.budget_s:
                 print(f"budget spent; skipping {name}", flush=True)
