@@ -1,9 +1,12 @@
 """Simulator vs every real point recorded on the H100 (sloguard_lib/data/h100/calibration.jsonl).
 
-    python benchmarks/sim_fidelity.py [--data sloguard_lib/data/h100/calibration.jsonl]
+    python benchmarks/sim_fidelity.py [--data sloguard_lib/data/h100/calibration.jsonl] [--kfold 5 [--iters 300]]
 
 Prints sim, real and relative error per point and metric, then the median and worst |error| per metric
-(only target rows, see sloguard_lib/fidelity.py) and the crash-verdict agreement.
+(only target rows, see sloguard_lib/fidelity.py) and the crash-verdict agreement. These score the simulator on
+the points its constants were fitted to. ``--kfold K`` also scores it held out: the points of each fold of
+configs against a simulator re-fitted (``scripts/fit_sim.py``'s fit) to the other folds alone, each metric beside
+the noise floor (median coefficient of variation of repeated loads of one config and load shape).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import argparse
 
 from sloguard_lib.engine.calibration import H100_REFERENCE
-from sloguard_lib.fidelity import DEFAULT_DATA, compare, load_points, summary
+from sloguard_lib.fidelity import DEFAULT_DATA, compare, held_out, load_points, noise_floor, summary
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--kfold", type=int, default=0, metavar="K", help="also score K-fold held out by config")
+    ap.add_argument("--iters", type=int, default=300, help="Nelder-Mead iterations of each fold's fit")
     args = ap.parse_args()
     rows = compare(load_points(args.data))
     print(f"{'point':24s} {'conc':>4s} {'metric':16s} {'sim':>12s} {'real':>12s} {'error':>8s}")
@@ -33,6 +38,28 @@ def main() -> None:
             print(f"{metric:18s} {v['median']:12.1%} {v['worst']:13.1%} {v['n']:8d}")
     print(f"crash verdict agreement: {s['crash_agreement']:.0%}")
     readme_figures(load_points(args.data))
+    if args.kfold:
+        kfold(load_points(args.data), args.kfold, args.iters)
+
+
+def kfold(points: list[dict], k: int, iters: int) -> None:  # type: ignore[type-arg]
+    s = summary(held_out(points, k, iters=iters))
+    noise = noise_floor(points)
+    print(f"\nheld out, {k}-fold by config ({len({str(p['config']) for p in points})} configs):")
+    print("| metric | median abs. error | worst | points | noise floor (CV of repeats) | target |")
+    print("|---|---|---|---|---|---|")
+    for metric, v in s.items():
+        if not isinstance(v, dict):
+            continue
+        n = noise.get(metric)
+        floor = f"{n['cv']:.1%} ({n['groups']} groups)" if n else "no repeats"
+        bar = max(0.15, n["cv"] if n else 0.0)
+        verdict = "met" if v["median"] <= bar else "not met"
+        if n and n["cv"] > 0.15:
+            verdict += " (noise floor)"
+        print(f"| {metric} | {v['median']:.1%} | {v['worst']:.1%} | {v['n']} | {floor} | {verdict} |")
+    print(f"| crash verdict | {s['crash_agreement']:.0%} agreement | | | | "
+          f"{'met' if s['crash_agreement'] == 1 else 'not met'} |")
 
 
 def readme_figures(points: list[dict]) -> None:  # type: ignore[type-arg]

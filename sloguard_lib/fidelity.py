@@ -11,12 +11,16 @@ a target, and above 30 % cached nothing of theirs is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .engine.base import EngineCrash
 from .engine.calibration import DEFAULT, SimCalibration
@@ -26,6 +30,10 @@ from .metrics import summarize
 from .workload import Workload
 
 METRICS = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "throughput_tok_s")
+#: the latency constants :func:`fit` adjusts; memory and start-up constants are read off vLLM's logs instead
+FITTED = ("request_overhead_s", "step_overhead_s", "per_seq_overhead_s", "eager_per_layer_s",
+          "piecewise_per_layer_s", "compute_eff", "bw_eff", "attn_compute_eff", "hiccup_factor", "admit_serial_s",
+          "stream_token_s")
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "h100" / "calibration.jsonl"
 
 
@@ -96,4 +104,64 @@ def summary(rows: list[Row]) -> dict[str, Any]:
             out[metric] = {"median": statistics.median(errs), "worst": max(errs), "n": len(errs)}
     crashes = [r for r in rows if r.metric == "crash_class"]
     out["crash_agreement"] = sum(r.sim == r.real for r in crashes) / len(crashes) if crashes else None
+    return out
+
+
+def fit(points: list[dict[str, Any]], cal: SimCalibration = DEFAULT, *, iters: int = 300,
+        gpu: str = "h100-80gb") -> SimCalibration:
+    """``cal`` with :data:`FITTED` moved (Nelder-Mead on their logs) to the least mean squared log-error over
+    the target rows of ``points``' measured loads."""
+    from scipy.optimize import minimize
+
+    ok = [p for p in points if p["status"] == "ok"]
+
+    def with_x(x: np.ndarray) -> SimCalibration:
+        fitted: dict[str, Any] = {k: float(math.exp(v)) for k, v in zip(FITTED, x, strict=True)}
+        return dataclasses.replace(cal, **fitted)
+
+    def loss(x: np.ndarray) -> float:
+        errs = [math.log(r.sim / r.real) for r in compare(ok, with_x(x), gpu=gpu)
+                if r.is_target and r.metric != "kv_cache_tokens" and isinstance(r.sim, float)
+                and isinstance(r.real, float) and r.sim > 0 and r.real > 0]
+        return float(np.mean(np.square(errs)))
+
+    x0 = np.log([getattr(cal, k) for k in FITTED])
+    res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": iters, "xatol": 1e-3, "fatol": 1e-5})
+    return with_x(res.x)
+
+
+def config_of(point: dict[str, Any]) -> str:
+    return json.dumps(point["config"], sort_keys=True)
+
+
+def held_out(points: list[dict[str, Any]], k: int, *, iters: int = 300, gpu: str = "h100-80gb") -> list[Row]:
+    """k-fold by config: every point scored by a simulator fitted to the configs of the other folds only, so no
+    score comes from a point the fit saw (nor from another load of the same config). Configs go to folds in
+    turn, sorted, so the split is reproducible."""
+    configs = sorted({config_of(p) for p in points})
+    if not 2 <= k <= len(configs):
+        raise ValueError(f"k-fold needs 2 <= k <= {len(configs)} configs, got k={k}")
+    rows: list[Row] = []
+    for fold in range(k):
+        test = set(configs[fold::k])
+        cal = fit([p for p in points if config_of(p) not in test], iters=iters, gpu=gpu)
+        rows += compare([p for p in points if config_of(p) in test], cal, gpu=gpu)
+    return rows
+
+
+def noise_floor(points: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per metric, the median coefficient of variation of repeated loads: the same config and load shape on
+    their own prompt seeds (groups of two or more), and how many groups. A simulator cannot be asked to be
+    closer to a real point than the real server is to itself."""
+    groups: dict[str, list[dict[str, float]]] = {}
+    for p in points:
+        if p["status"] == "ok":
+            shape = {k: v for k, v in p["workload"].items() if k != "seed"}
+            groups.setdefault(config_of(p) + json.dumps(shape, sort_keys=True), []).append(p["metrics"])
+    out: dict[str, dict[str, float]] = {}
+    for metric in METRICS:
+        cvs = [statistics.stdev(v) / statistics.fmean(v) for ms in groups.values() if len(ms) > 1
+               if (v := [float(m[metric]) for m in ms]) and statistics.fmean(v) > 0]
+        if cvs:
+            out[metric] = {"cv": statistics.median(cvs), "groups": len(cvs)}
     return out
