@@ -124,12 +124,13 @@ def test_an_endless_stream_is_cut(http: str) -> None:
 
 def test_a_high_concurrency_load_keeps_its_concurrency_at_the_server() -> None:
     """128 streams in flight must reach the server as 128, not as the few a client CPU-bound in its own pool lets
-    through. The default client does (~120 here); httpx with keep-alive connections fails it (~45 here; on the
-    H200 at 128 concurrent, 3,258 engine steps per load where ``vllm bench serve`` got 882, and 13 CPU-seconds of
-    client per load: httpcore's pool scans every connection for every queued request)."""
+    through. The default client does (~120 uncontended, 98 with the host busy installing, 89 on the 2-core CI);
+    httpx with keep-alive connections fails it (~24-45; on the H200 at 128 concurrent, 3,258 engine steps per load
+    where ``vllm bench serve`` got 882, and 13 CPU-seconds of client per load: httpcore's pool scans every
+    connection for every queued request). Half of 128 sits between the two on every host measured."""
     with SSEStub(token_interval_s=0.005).running() as stub:
         target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000)
         load = run_load(target, Workload(concurrency=128, num_requests=640, input_len=16, output_len=64, warmup=0))
     assert all(r.ok for r in load.requests)
     mean_in_flight = stub.busy_s / load.duration_s
-    assert mean_in_flight >= 0.7 * 128, mean_in_flight
+    assert mean_in_flight >= 0.5 * 128, mean_in_flight
