@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sloguard_lib import fidelity
+from sloguard_lib.engine.calibration import DEFAULT, SimCalibration
+
+
+def _point(config: dict[str, Any], seed: int, throughput: float, concurrency: int = 32) -> dict[str, Any]:
+    metrics = {m: 1.0 for m in fidelity.METRICS} | {"throughput_tok_s": throughput}
+    return {"name": "p", "config": config, "status": "ok", "metrics": metrics,
+            "workload": {"concurrency": concurrency, "input_len": 512, "output_len": 128, "seed": seed}}
+
+
+def test_noise_floor_is_the_median_cv_of_loads_repeated_on_their_own_seeds() -> None:
+    a, b = {"max_num_seqs": 64}, {"max_num_seqs": 128}
+    points = [_point(a, 1, 90.0), _point(a, 2, 100.0), _point(a, 3, 110.0),  # cv 10 / 100 = 0.100
+              _point(b, 1, 200.0), _point(b, 2, 300.0),  # cv 70.71 / 250 = 0.283
+              _point(b, 1, 1000.0, concurrency=128),  # another shape, alone: no group
+              {"name": "c", "config": a, "status": "crash"}]
+    floor = fidelity.noise_floor(points)
+    assert floor["throughput_tok_s"]["groups"] == 2
+    assert floor["throughput_tok_s"]["cv"] == pytest.approx((0.1 + 0.28284) / 2, abs=1e-4)
+    assert floor["ttft_p50_ms"]["cv"] == 0.0
+
+
+def test_held_out_never_scores_a_point_with_a_fit_that_saw_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    points = fidelity.load_points()
+    seen: list[set[str]] = []
+    scored: list[str] = []
+
+    def fake_fit(train: list[dict[str, Any]], cal: SimCalibration = DEFAULT, **_: Any) -> SimCalibration:
+        seen.append({fidelity.config_of(p) for p in train})
+        return DEFAULT
+
+    real_compare = fidelity.compare
+
+    def recording_compare(test: Any, cal: SimCalibration = DEFAULT, **kw: Any) -> list[fidelity.Row]:
+        test = list(test)
+        scored.extend(fidelity.config_of(p) for p in test)
+        assert not {fidelity.config_of(p) for p in test} & seen[-1]
+        return real_compare(test, cal, **kw)
+
+    monkeypatch.setattr(fidelity, "fit", fake_fit)
+    monkeypatch.setattr(fidelity, "compare", recording_compare)
+    rows = fidelity.held_out(points, 3, iters=1)
+    assert len(seen) == 3 and sorted(scored) == sorted(fidelity.config_of(p) for p in points)  # each point once
+    assert len(rows) == len(real_compare(points))
+    configs = len({fidelity.config_of(p) for p in points})
+    with pytest.raises(ValueError, match=f"2 <= k <= {configs}"):
+        fidelity.held_out(points, configs + 1)
