@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from optimizers import Scenario, chosen, sim_arguments, write_result
 
-from sloguard_lib import capacity
-from sloguard_lib.capacity import CapacitySearch
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.runner import StudySpec, default_space, run_study
-from sloguard_lib.trial import evaluate
+from sloguard_lib.measure import capacity
+from sloguard_lib.measure.capacity import CapacitySearch
+from sloguard_lib.study.runner import StudySpec, default_space, run_study
+from sloguard_lib.study.trial import evaluate
 
 TARGET = 0.99
 REACH = 8  # the highest level searched, in multiples of the scenario's concurrency

@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from sloguard_lib.analysis.stats import paired_diff_pct
 from sloguard_lib.engine import make_engine, placement
 from sloguard_lib.engine.vllm import metric_sums
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.metrics import summarize
+from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.workload import Workload
 from sloguard_lib.model_folder import tokenizer_dir
-from sloguard_lib.stats import paired_diff_pct
-from sloguard_lib.workload import Workload
 
 METRICS = {  # ours -> vllm bench serve's result key
     "ttft_p50_ms": "median_ttft_ms", "ttft_p99_ms": "p99_ttft_ms", "itl_p50_ms": "median_itl_ms",

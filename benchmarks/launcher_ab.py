@@ -8,7 +8,7 @@ One server started by ``--launcher plain`` and one by ``--launcher warm`` (a spa
 from it), both alive on the same GPU (so the config's ``gpu_memory_utilization`` must leave room for two), loaded
 one at a time: ``--loads`` rounds, each running both servers once in an order that alternates between rounds, each
 load on its own prompt seed. Per metric it prints both means and the mean per-round difference warm vs plain in %
-with a paired 95 % interval (``sloguard_lib.stats.paired_diff_pct``), and writes ``loads.jsonl`` and
+with a paired 95 % interval (``sloguard_lib.analysis.stats.paired_diff_pct``), and writes ``loads.jsonl`` and
 ``summary.json``. The verdict: every interval contains 0, or is within the load-to-load noise of a single server.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from sloguard_lib.analysis.stats import paired_diff_pct
 from sloguard_lib.engine import make_engine, placement
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.metrics import summarize
-from sloguard_lib.stats import paired_diff_pct
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.workload import Workload
 
 METRICS = ("throughput_tok_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms")
 LAUNCHERS = ("plain", "warm")

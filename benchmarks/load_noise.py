@@ -28,9 +28,9 @@ import numpy as np
 from sloguard_lib.engine import EngineCrash, make_engine
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.metrics import LoadResult, summarize
-from sloguard_lib.slo import SLO
-from sloguard_lib.workload import parse_workload
+from sloguard_lib.measure.metrics import LoadResult, summarize
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import parse_workload
 
 
 def quantile_slo(loads: list[LoadResult], q: float) -> SLO:

@@ -30,8 +30,8 @@ from pathlib import Path
 import httpx
 
 from sloguard_lib.engine.vllm import free_port
-from sloguard_lib.loadgen import LoadTarget, run_load
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.loadgen import LoadTarget, run_load
+from sloguard_lib.measure.workload import Workload
 
 STUB = Path(__file__).resolve().parent.parent / "tests" / "openai_stub_server.py"
 

@@ -5,9 +5,9 @@
 Variants, each a real ``run_study`` on the five scenarios of ``benchmarks/optimizers.py``, paired seeds:
 
 * ``tba-tpe``: the baseline, ``budget`` trials, recommendation = the incumbent (highest mean utility);
-* ``+early-stop``: the same with ``early_stop=True`` (:mod:`sloguard_lib.early_stop`);
+* ``+early-stop``: the same with ``early_stop=True`` (:mod:`sloguard_lib.measure.early_stop`);
 * ``+validate K``: ``budget`` trials, then the 3 finalists re-measured K times each, recommendation = the best
-  lower bound over those (:func:`sloguard_lib.incumbent.recommend`);
+  lower bound over those (:func:`sloguard_lib.study.incumbent.recommend`);
 * ``tba-tpe, budget + 3K``: as many trials as ``+validate K`` spends, all on search: is validating worth its GPU?
 * ``+early-stop +validate K``.
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from optimizers import Scenario, chosen, expected_goodput, landscape, sim_arguments, write_result
 
-from sloguard_lib.runner import FINALISTS, StudySpec, run_study
+from sloguard_lib.study.runner import FINALISTS, StudySpec, run_study
 
 HOLDS = 0.95  # a recommendation holds when re-measured at >= 95 % of what the study reported
 

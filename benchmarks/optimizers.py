@@ -16,8 +16,8 @@ pick will deliver. Every feasible config a run launches is therefore re-measured
 at a time, until its mean is clearly (two standard errors) above or below the 95 % line of the landscape best,
 or 15 seeds: three seeds alone leave a standard error of 7 % on the Mistral scenario, larger than the margin
 being judged. A run's anytime score after each trial is the expected goodput (tokens/s of the requests that
-met the SLO, as defined in :mod:`sloguard_lib.slo`; 0 for a crash) of its incumbent, the config it would
-recommend (:func:`sloguard_lib.incumbent.incumbent`: the highest mean over a config's measurements). "found 95%"
+met the SLO, as defined in :mod:`sloguard_lib.measure.slo`; 0 for a crash) of its incumbent, the config it would
+recommend (:func:`sloguard_lib.study.incumbent.incumbent`: the highest mean over a config's measurements). "found 95%"
 is the share of seeds that launched a config within 5 % of the best at all, so a gap between it and "reach
 95%" is the recommendation losing to measurement noise, not the search missing the region.
 The landscape best is the highest such mean among the ``TOP_K`` best configs of a dense random sample and
@@ -46,15 +46,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sloguard_lib import report, stats
+from sloguard_lib.analysis import report, stats
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.incumbent import incumbent
-from sloguard_lib.runner import StudySpec, default_space, run_study
-from sloguard_lib.slo import SLO
-from sloguard_lib.space import config_key
-from sloguard_lib.trial import evaluate
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.incumbent import incumbent
+from sloguard_lib.study.runner import StudySpec, default_space, run_study
+from sloguard_lib.study.space import config_key
+from sloguard_lib.study.trial import evaluate
 
 OPTIMIZERS = ("random", "tpe", "tpe-constrained", "tba", "tba-tpe", "constrained-bo")
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,7 +183,7 @@ def one_run(job: tuple[Scenario, str, int, int, float]) -> dict[str, Any]:
 
 def score(runs: list[dict[str, Any]], best: float) -> pd.DataFrame:
     """Per run: the anytime curve (expected goodput of the incumbent), reach and crash waste here; fast
-    cluster, post-hit consistency and best latency from :func:`sloguard_lib.report.per_run`, the same code
+    cluster, post-hit consistency and best latency from :func:`sloguard_lib.analysis.report.per_run`, the same code
     the analysis notebook uses."""
     trials = pd.DataFrame([{"optimizer": r["optimizer"], "seed": r["seed"], "trial": i, "status": st,
                             "utility": u, "latency_ms": lat}

@@ -4,7 +4,7 @@
 
 Each run is a real ``run_study`` with ``Parallel(workers=N, virtual=True)``: the driver, the pending-aware asks
 and the log are exactly those of ``sloguard tune --workers N``, but the N GPUs are simulated
-(:class:`sloguard_lib.workers.VirtualPool`): a trial finishes ``gpu_seconds`` (the sim's start-up + load time)
+(:class:`sloguard_lib.study.workers.VirtualPool`): a trial finishes ``gpu_seconds`` (the sim's start-up + load time)
 after it started, so wall-clock is simulated GPU time, not this machine's CPU. Scored as in
 ``benchmarks/optimizers.py`` (its scenarios, landscape best and expected goodput of the incumbent): per run, the
 simulated wall time until the incumbent is within 5 % of the landscape best ("time to 95 %"), and the final
@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from optimizers import Scenario, chosen, expected_goodput, landscape, sim_arguments, write_result
 
-from sloguard_lib import stats
-from sloguard_lib.incumbent import incumbent
-from sloguard_lib.runner import Parallel, StudySpec, run_study
-from sloguard_lib.space import config_key
+from sloguard_lib.analysis import stats
+from sloguard_lib.study.incumbent import incumbent
+from sloguard_lib.study.runner import Parallel, StudySpec, run_study
+from sloguard_lib.study.space import config_key
 
 
 def one_run(job: tuple[Scenario, str, int, int, int, float]) -> dict[str, Any]:

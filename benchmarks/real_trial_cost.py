@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sloguard_lib.engine.phases import ORDER
-from sloguard_lib.trial_log import read_log
+from sloguard_lib.study.trial_log import read_log
 
 
 def run_variant(name: str, budget: int, args: argparse.Namespace, left_s: float) -> None:

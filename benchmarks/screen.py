@@ -30,10 +30,10 @@ from optimizers import Scenario, chosen, expected_goodput, landscape, sim_argume
 from sloguard_lib.engine.calibration import DEFAULT
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.incumbent import incumbent
-from sloguard_lib.runner import StudySpec, default_space, run_study
-from sloguard_lib.screen import rescale
-from sloguard_lib.trial import evaluate
+from sloguard_lib.study.incumbent import incumbent
+from sloguard_lib.study.runner import StudySpec, default_space, run_study
+from sloguard_lib.study.screen import rescale
+from sloguard_lib.study.trial import evaluate
 
 WRONG = rescale(DEFAULT, 0.6, 1.6)
 VARIANTS = {"tba-tpe, 15 real": (15, None), "screened, 5 real": (5, "sim"), "screened, 10 real": (10, "sim")}

@@ -22,13 +22,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from sloguard_lib.confidence import t_interval
-from sloguard_lib.incumbent import recommend
-from sloguard_lib.runner import StudySpec, run_study
-from sloguard_lib.slo import SLO
-from sloguard_lib.space import SearchSpace, config_key
-from sloguard_lib.trial_log import read_log
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.confidence import t_interval
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.incumbent import recommend
+from sloguard_lib.study.runner import StudySpec, run_study
+from sloguard_lib.study.space import SearchSpace, config_key
+from sloguard_lib.study.trial_log import read_log
 
 
 def setting(header: dict[str, Any], **changes: Any) -> StudySpec:

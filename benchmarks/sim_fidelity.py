@@ -3,7 +3,7 @@
     python benchmarks/sim_fidelity.py [--data sloguard_lib/data/h100/calibration.jsonl] [--kfold 5 [--iters 300]]
 
 Prints sim, real and relative error per point and metric, then the median and worst |error| per metric
-(only target rows, see sloguard_lib/fidelity.py) and the crash-verdict agreement. These score the simulator on
+(only target rows, see sloguard_lib/analysis/fidelity.py) and the crash-verdict agreement. These score the simulator on
 the points its constants were fitted to. ``--kfold K`` also scores it held out: the points of each fold of
 configs against a simulator re-fitted (``scripts/fit_sim.py``'s fit) to the other folds alone, each metric beside
 the noise floor (median coefficient of variation of repeated loads of one config and load shape).
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from sloguard_lib.analysis.fidelity import DEFAULT_DATA, compare, held_out, load_points, noise_floor, summary
 from sloguard_lib.engine.calibration import H100_REFERENCE
-from sloguard_lib.fidelity import DEFAULT_DATA, compare, held_out, load_points, noise_floor, summary
 
 
 def main() -> None:

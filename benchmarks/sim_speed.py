@@ -15,8 +15,8 @@ import numpy as np
 from sloguard_lib.engine import EngineCrash
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.runner import default_space
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.runner import default_space
 
 WORKLOADS = {
     "default (c=32, 200 x 512/128)": Workload(),

@@ -2,8 +2,8 @@
 
     python scripts/fit_sim.py [--iters 300]
 
-Minimises the mean squared log-error of every *target* row (see sloguard_lib/fidelity.py) over the
-overhead and efficiency constants with Nelder-Mead (:func:`sloguard_lib.fidelity.fit`), then prints the fitted
+Minimises the mean squared log-error of every *target* row (see sloguard_lib/analysis/fidelity.py) over the
+overhead and efficiency constants with Nelder-Mead (:func:`sloguard_lib.analysis.fidelity.fit`), then prints the fitted
 values to paste into sloguard_lib/engine/calibration.py. Memory and start-up constants are read straight off
 vLLM's logs and are not fitted here. ``benchmarks/sim_fidelity.py --kfold K`` scores the same fit held out.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from sloguard_lib.fidelity import DEFAULT_DATA, FITTED, compare, fit, load_points, summary
+from sloguard_lib.analysis.fidelity import DEFAULT_DATA, FITTED, compare, fit, load_points, summary
 
 
 def main() -> None:

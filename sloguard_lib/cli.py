@@ -24,14 +24,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .capacity import capacity_map
-from .engine import BACKENDS, default_backend, make_engine, placement
-from .engine.vllm import LAUNCHERS
-from .errors import InputError, yaml_problem
-from .hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
-from .interrupts import Interrupted, interrupts_raise
-from .optimizers import OPTIMIZERS
-from .runner import (
+from sloguard_lib.engine import BACKENDS, default_backend, make_engine, placement
+from sloguard_lib.engine.vllm import LAUNCHERS
+from sloguard_lib.errors import InputError, yaml_problem
+from sloguard_lib.hardware import GPUS, detect_gpu_profile, get_gpu, resolve_model
+from sloguard_lib.measure.capacity import capacity_map
+from sloguard_lib.measure.slo import GOODPUT_DEFS, SLO
+from sloguard_lib.measure.workload import Workload, parse_workload
+from sloguard_lib.optimizers import OPTIMIZERS
+from sloguard_lib.study.interrupts import Interrupted, interrupts_raise
+from sloguard_lib.study.runner import (
     FINALISTS,
     OBJECTIVES,
     Parallel,
@@ -43,11 +45,16 @@ from .runner import (
     run_study,
     server_log_dir,
 )
-from .slo import GOODPUT_DEFS, SLO
-from .space import BOOL_KNOBS, NUMERIC_KNOBS, SearchSpace, build_serving_space, load_space_file, parse_range_override
-from .trial import evaluate, trial_seed
-from .trial_log import read_log
-from .workload import Workload, parse_workload
+from sloguard_lib.study.space import (
+    BOOL_KNOBS,
+    NUMERIC_KNOBS,
+    SearchSpace,
+    build_serving_space,
+    load_space_file,
+    parse_range_override,
+)
+from sloguard_lib.study.trial import evaluate, trial_seed
+from sloguard_lib.study.trial_log import read_log
 
 EXIT_INPUT = 2
 EXIT_CRASH = 1
@@ -403,7 +410,7 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_batch(args: argparse.Namespace, console: Console) -> int:
-    from . import batch
+    from sloguard_lib.study import batch
 
     if args.batch_command == "plan":
         for opt in args.optimizers:
@@ -424,7 +431,7 @@ def cmd_batch(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from .report import build_report
+    from sloguard_lib.analysis.report import build_report
 
     output = args.output or str(Path(args.results_dir) / "figures")
     summ = build_report(args.results_dir, output, args.baseline, where=args.where, definitions=args.definitions,

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from sloguard_lib.errors import InputError
 
 GIB = 1024**3
 MODELS_DIR = Path(__file__).parent / "models"

@@ -24,8 +24,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .errors import InputError
-from .hardware import ModelShape
+from sloguard_lib.errors import InputError
+from sloguard_lib.hardware import ModelShape
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 

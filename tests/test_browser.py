@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from sloguard_lib.runner import StudySpec, run_study
-from sloguard_lib.slo import SLO
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.runner import StudySpec, run_study
 
 pytestmark = pytest.mark.slow
 

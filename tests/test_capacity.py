@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from sloguard_lib.capacity import CapacitySearch, Probe, capacity_map
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.metrics import LoadResult, RequestResult
-from sloguard_lib.runner import StudySpec, run_study
-from sloguard_lib.slo import SLO
-from sloguard_lib.space import config_key
-from sloguard_lib.trial import evaluate
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.capacity import CapacitySearch, Probe, capacity_map
+from sloguard_lib.measure.metrics import LoadResult, RequestResult
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.runner import StudySpec, run_study
+from sloguard_lib.study.space import config_key
+from sloguard_lib.study.trial import evaluate
 
 WL = Workload(concurrency=32, num_requests=96, input_len=512, output_len=128)
 CONFIG = {"max_num_seqs": 64, "max_num_batched_tokens": 2048, "enable_chunked_prefill": True}

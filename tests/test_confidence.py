@@ -10,17 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sloguard_lib.confidence import request_bootstrap, t_interval, trial_interval
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.incumbent import VALIDATED, config_interval, ranked, recommend
-from sloguard_lib.metrics import LoadResult, RequestResult
-from sloguard_lib.runner import FINALISTS, StudySpec, log_path_for, run_study
-from sloguard_lib.slo import SLO
-from sloguard_lib.space import config_key
-from sloguard_lib.trial import evaluate
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.confidence import request_bootstrap, t_interval, trial_interval
+from sloguard_lib.measure.metrics import LoadResult, RequestResult
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.incumbent import VALIDATED, config_interval, ranked, recommend
+from sloguard_lib.study.runner import FINALISTS, StudySpec, log_path_for, run_study
+from sloguard_lib.study.space import config_key
+from sloguard_lib.study.trial import evaluate
 
 WL = Workload(concurrency=32, num_requests=96, input_len=512, output_len=128)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sloguard_lib.crash import classify_log
+from sloguard_lib.engine.crash import classify_log
 
 CORPUS = sorted((Path(__file__).parent / "data" / "crash_logs").glob("*/*.log"))
 

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from sloguard_lib.early_stop import FAR, StopRule, misses_deciding_p99
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.loadgen import LoadTarget, run_load
-from sloguard_lib.runner import StudySpec, default_space, run_study
-from sloguard_lib.slo import SLO
-from sloguard_lib.trial import evaluate
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.early_stop import FAR, StopRule, misses_deciding_p99
+from sloguard_lib.measure.loadgen import LoadTarget, run_load
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.runner import StudySpec, default_space, run_study
+from sloguard_lib.study.trial import evaluate
 
 from .sse_stub import SSEStub
 

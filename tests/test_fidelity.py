@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from sloguard_lib import fidelity
+from sloguard_lib.analysis import fidelity
 from sloguard_lib.engine.calibration import DEFAULT, SimCalibration
 
 

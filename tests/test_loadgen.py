@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from sloguard_lib.loadgen import LoadTarget, is_token_event, run_load
-from sloguard_lib.metrics import summarize
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.loadgen import LoadTarget, is_token_event, run_load
+from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.workload import Workload
 
 from .sse_stub import SSEStub
 

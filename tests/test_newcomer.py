@@ -22,7 +22,7 @@ import matplotlib.figure
 import pytest
 import yaml
 
-from sloguard_lib import batch, report
+from sloguard_lib.analysis import report
 from sloguard_lib.cli import main
 from sloguard_lib.engine import placement
 from sloguard_lib.engine.base import EngineCrash
@@ -30,10 +30,11 @@ from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.engine.vllm import VllmEngine
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.runner import StudySpec, run_study
-from sloguard_lib.slo import SLO
-from sloguard_lib.trial_log import exclusive, read_log
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study import batch
+from sloguard_lib.study.runner import StudySpec, run_study
+from sloguard_lib.study.trial_log import exclusive, read_log
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = "concurrency=16,num_requests=32,input_len=256,output_len=64"
@@ -282,7 +283,7 @@ def test_fp8_on_an_a100_starts_like_vllm_0_26(tmp_path: Path) -> None:
 
 def test_inspector_reads_study_logs_only(tmp_path: Path) -> None:
     """Before: inspect.ipynb's default folder failed on results/h100/calibration.jsonl (not a study log)."""
-    from sloguard_lib.widgets import TrialInspector
+    from sloguard_lib.analysis.widgets import TrialInspector
 
     _study(tmp_path / "runs", "a100-40gb", 1)
     (tmp_path / "h100").mkdir()

@@ -11,9 +11,11 @@ import nbformat
 import papermill as pm
 import pytest
 
-from sloguard_lib import batch, report
+from sloguard_lib.analysis import report
 from sloguard_lib.cli import main
-from sloguard_lib.trial_log import read_log
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.study import batch
+from sloguard_lib.study.trial_log import read_log
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "sloguard_lib" / "notebooks"
@@ -43,7 +45,7 @@ def batch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     another working directory than the project's (paths in a plan are relative to the project, not to the cwd)."""
     root = tmp_path_factory.mktemp("batch")
     files = batch.plan("t", [1, 2], ["random", "tba-tpe"], budget=3, backend="sim", model="qwen2-1.5b",
-                       gpu="a100-40gb", slo=__import__("sloguard_lib.slo").slo.SLO(500, 100),
+                       gpu="a100-40gb", slo=SLO(500, 100),
                        workload="concurrency=16,num_requests=32,input_len=256,output_len=64", root=root)
     assert len(files) == 4 and files[0].parent == root / "papermill_params" / "t"
     ran, logs = batch.run("t", root=root, kernel="python3", progress=False, workers=2)  # two pairs at once, on Ray
@@ -104,9 +106,9 @@ def test_quickstart_notebook_runs_without_gpu(tmp_path: Path) -> None:
 
 
 def test_inspector_widget_shows_a_crash(tmp_path: Path) -> None:
-    from sloguard_lib.runner import StudySpec, run_study
-    from sloguard_lib.widgets import TrialInspector
-    from sloguard_lib.workload import workload_from
+    from sloguard_lib.analysis.widgets import TrialInspector
+    from sloguard_lib.measure.workload import workload_from
+    from sloguard_lib.study.runner import StudySpec, run_study
 
     run_study(StudySpec(model="llama-3.1-8b", gpu="l4-24gb", optimizer="random", seed=1, budget=6,
                         workload=workload_from(SMALL)), tmp_path)
@@ -165,8 +167,9 @@ def test_quickstart_from_an_empty_folder_installs_the_wheel_into_a_fresh_kernel(
     assert "backend: sim" in text and "best config (trial" in text
     assert list((empty / "results" / "quickstart_notebook").glob("*.jsonl"))
     # the wheel carries what other commands need: the batch notebook and the replay data
-    check = subprocess.run([str(python), "-c", "from sloguard_lib import batch; from sloguard_lib.engine.replay import "
-                            "default_data; assert batch.TUNE_NOTEBOOK.is_file(); "
+    check = subprocess.run([str(python), "-c", "from sloguard_lib.study import batch; "
+                            "from sloguard_lib.engine.replay import default_data; "
+                            "assert batch.TUNE_NOTEBOOK.is_file(); "
                             "assert all(p.is_file() for p in default_data()) and len(default_data()) == 2"],
                            capture_output=True, text=True, cwd=empty)
     assert check.returncode == 0, check.stderr

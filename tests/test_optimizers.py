@@ -13,7 +13,7 @@ from sloguard_lib.errors import InputError
 from sloguard_lib.optimizers import OPTIMIZERS, Outcome, make_optimizer
 from sloguard_lib.optimizers.base import Proposal
 from sloguard_lib.optimizers.tba import TBA
-from sloguard_lib.space import build_serving_space, config_key
+from sloguard_lib.study.space import build_serving_space, config_key
 
 SPACE = build_serving_space()
 
@@ -220,7 +220,8 @@ def test_constrained_bo_without_botorch_is_a_clear_error() -> None:
     import sys
 
     code = ("import sys; sys.modules['botorch'] = None\n"
-            "from sloguard_lib.optimizers import make_optimizer\nfrom sloguard_lib.space import build_serving_space\n"
+            "from sloguard_lib.optimizers import make_optimizer\n"
+            "from sloguard_lib.study.space import build_serving_space\n"
             "make_optimizer('constrained-bo', build_serving_space(), 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode != 0 and "needs botorch: pip install 'sloguard[bo]'" in done.stderr

@@ -19,9 +19,9 @@ from sloguard_lib.engine.reaper import start_time
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, memory_prior, resolve_model
 from sloguard_lib.optimizers import make_optimizer
-from sloguard_lib.runner import Parallel, StudySpec, outcome_of, run_study
-from sloguard_lib.space import config_key
-from sloguard_lib.trial_log import read_log
+from sloguard_lib.study.runner import Parallel, StudySpec, outcome_of, run_study
+from sloguard_lib.study.space import config_key
+from sloguard_lib.study.trial_log import read_log
 
 pytest.importorskip("ray")
 

@@ -13,9 +13,9 @@ from sloguard_lib.engine import EngineCrash, make_engine
 from sloguard_lib.engine.replay import H100_DATA, ReplayEngine, quantile_samples
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.slo import SLO
-from sloguard_lib.trial import evaluate
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.trial import evaluate
 
 STUDY = next((H100_DATA / "study").glob("*.jsonl"))
 STUDY_WORKLOAD = Workload(concurrency=32, num_requests=128)

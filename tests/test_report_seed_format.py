@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sloguard_lib import report
+from sloguard_lib.analysis import report
 from sloguard_lib.cli import main
 
 DATA = Path(__file__).parent / "data" / "slo_guard_original" / "multiseed_concurrent"

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from sloguard_lib.runner import StudySpec, log_path_for, run_study
-from sloguard_lib.slo import SLO
-from sloguard_lib.trial_log import read_log
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.runner import StudySpec, log_path_for, run_study
+from sloguard_lib.study.trial_log import read_log
 
 #: wall-clock fields; everything else, ``gpu_seconds`` and ``engine_start_s`` included, must match
 VOLATILE = {"wall_s", "finished"}

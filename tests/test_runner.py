@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from sloguard_lib.errors import InputError
-from sloguard_lib.incumbent import incumbent
-from sloguard_lib.runner import StudySpec, log_path_for, run_study
-from sloguard_lib.slo import SLO
-from sloguard_lib.trial_log import read_log
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.incumbent import incumbent
+from sloguard_lib.study.runner import StudySpec, log_path_for, run_study
+from sloguard_lib.study.trial_log import read_log
 
 #: fields that legitimately differ between runs: wall-clock (a resumed sim rebuilds its compile cache, so start
 #: times and GPU-seconds must match)
@@ -194,7 +194,7 @@ def test_a_full_disk_stops_the_study_with_the_record_in_the_error(tmp_path: Path
     """Issue #24 F8: ENOSPC mid-study was a traceback that lost the measured trial."""
     import errno
 
-    from sloguard_lib.trial_log import TrialLog
+    from sloguard_lib.study.trial_log import TrialLog
 
     append = TrialLog.append_trial
     calls = []

@@ -11,12 +11,12 @@ import pytest
 from sloguard_lib.engine.calibration import DEFAULT
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
 from sloguard_lib.optimizers import Outcome, make_optimizer
-from sloguard_lib.runner import StudySpec, default_space, log_path_for, run_study
-from sloguard_lib.screen import ScreenedOptimizer, rescale
-from sloguard_lib.slo import SLO
-from sloguard_lib.trial import evaluate
-from sloguard_lib.workload import Workload
+from sloguard_lib.study.runner import StudySpec, default_space, log_path_for, run_study
+from sloguard_lib.study.screen import ScreenedOptimizer, rescale
+from sloguard_lib.study.trial import evaluate
 
 WL = Workload(concurrency=16, num_requests=48, input_len=512, output_len=64)
 WRONG = rescale(DEFAULT, 0.6, 1.6)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from sloguard_lib.analysis.fidelity import compare, load_points
 from sloguard_lib.engine import EngineCrash
 from sloguard_lib.engine.sim import SimEngine
-from sloguard_lib.fidelity import compare, load_points
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.metrics import summarize
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.workload import Workload
 
 REF_CONFIG = {"gpu_memory_utilization": 0.5, "max_model_len": 2048}
 

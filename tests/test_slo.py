@@ -6,10 +6,10 @@ import pytest
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.metrics import LoadResult, RequestResult, pooled, summarize
-from sloguard_lib.slo import SLO
-from sloguard_lib.trial import evaluate
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.metrics import LoadResult, RequestResult, pooled, summarize
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.trial import evaluate
 
 
 def _req(i: int, ttft_ms: float, itl_ms: float) -> RequestResult:

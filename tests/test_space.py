@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sloguard_lib.errors import InputError
-from sloguard_lib.space import SearchSpace, build_serving_space, load_space_file, parse_range_override
+from sloguard_lib.study.space import SearchSpace, build_serving_space, load_space_file, parse_range_override
 
 
 def test_default_space_has_the_eight_vllm_knobs() -> None:

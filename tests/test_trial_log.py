@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sloguard_lib.errors import InputError
-from sloguard_lib.trial_log import TrialLog, read_log
+from sloguard_lib.study.trial_log import TrialLog, read_log
 
 #: the fields every reader indexes (a real record has many more)
 T = {"params": {}, "status": "ok"}

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from sloguard_lib.engine.vllm import port_in_use
-from sloguard_lib.metrics import LoadResult, RequestResult, summarize
-from sloguard_lib.slo import SLO
+from sloguard_lib.measure.metrics import LoadResult, RequestResult, summarize
+from sloguard_lib.measure.slo import SLO
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "sloguard_lib" / "models" / "tiny-qwen2"
@@ -117,7 +117,7 @@ import collections, json, sys
 from vllm.benchmarks.datasets import RandomDataset
 from vllm.tokenizers import get_tokenizer
 from sloguard_lib.hardware import resolve_model
-from sloguard_lib.loadgen import _words
+from sloguard_lib.measure.loadgen import _words
 from sloguard_lib.model_folder import prepare_model_dir, tokenizer_dir
 tok = get_tokenizer(str(tokenizer_dir(prepare_model_dir(resolve_model("qwen2-1.5b"), sys.argv[1]))))
 ids = [100, 1045, 1495, 20000, 151835]

@@ -17,8 +17,8 @@ from sloguard_lib.engine.reaper import group_alive
 from sloguard_lib.engine.vllm import VllmEngine, default_launcher, metric_sums, port_in_use, vllm_args
 from sloguard_lib.errors import InputError
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.metrics import summarize
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.workload import Workload
 
 STUB = [sys.executable, str(Path(__file__).parent / "openai_stub_server.py"), "serve"]
 

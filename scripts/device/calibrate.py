@@ -27,9 +27,9 @@ import numpy as np
 from sloguard_lib.engine.base import EngineCrash
 from sloguard_lib.engine.vllm import VllmEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.metrics import summarize
-from sloguard_lib.runner import default_space
-from sloguard_lib.workload import Workload
+from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.runner import default_space
 
 _loads = iter(range(1, 10_000))
 

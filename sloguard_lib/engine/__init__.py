@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import InputError
-from ..hardware import GPUS, GpuProfile, ModelShape, detect_gpu_name, detect_gpu_profile, get_gpu, has_gpu
-from .base import CRASH_CLASSES, Engine, EngineCrash, Server, ServerInfo
-from .replay import ReplayEngine
-from .sim import SimEngine
-from .vllm import VllmEngine
+from sloguard_lib.engine.base import CRASH_CLASSES, Engine, EngineCrash, Server, ServerInfo
+from sloguard_lib.engine.replay import ReplayEngine
+from sloguard_lib.engine.sim import SimEngine
+from sloguard_lib.engine.vllm import VllmEngine
+from sloguard_lib.errors import InputError
+from sloguard_lib.hardware import GPUS, GpuProfile, ModelShape, detect_gpu_name, detect_gpu_profile, get_gpu, has_gpu
 
 #: (model, gpu, backend options) -> engine; each backend reads only the options it knows (``data`` for replay,
 #: ``load_procs``, ``launcher``, ``log_dir`` and the ``*_timeout_s`` for vllm)

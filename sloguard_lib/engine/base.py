@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from ..metrics import LoadResult, RequestResult
-from ..space import Config
-from ..workload import Workload
+from sloguard_lib.measure.metrics import LoadResult, RequestResult
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.space import Config
 
 #: Crash classes shared by every backend and by the log classifier.
 CRASH_CLASSES = (
@@ -60,8 +60,8 @@ class Server(Protocol):
 
     def run_load(self, workload: Workload, until: Callable[[RequestResult], bool] | None = None) -> LoadResult:
         """Drive the workload; with ``until``, end it early once ``until`` returns True for a finished request
-        (called in the order requests finish; :mod:`sloguard_lib.early_stop`): the result then holds the requests
-        finished by that instant and lasts until it."""
+        (called in the order requests finish; :mod:`sloguard_lib.measure.early_stop`): the result then holds the
+        requests finished by that instant and lasts until it."""
         ...
 
     def close(self) -> None: ...

@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..hardware import GpuProfile, ModelShape, latency_floor_ms
-from ..metrics import LoadResult, RequestResult
-from ..space import Config, ConfigDistance, config_key
-from ..workload import Workload
-from .base import EngineCrash, ServerInfo
-from .sim import vllm_defaults
+from sloguard_lib.engine.base import EngineCrash, ServerInfo
+from sloguard_lib.engine.sim import vllm_defaults
+from sloguard_lib.errors import InputError
+from sloguard_lib.hardware import GpuProfile, ModelShape, latency_floor_ms
+from sloguard_lib.measure.metrics import LoadResult, RequestResult
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.space import Config, ConfigDistance, config_key
 
 #: the real H100 data shipped with the package (so a wheel replays it too); ``results/h100/README.md`` tells its story
 H100_DATA = Path(__file__).resolve().parents[1] / "data" / "h100"

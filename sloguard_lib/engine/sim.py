@@ -35,12 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from ..hardware import GIB, GpuProfile, ModelShape, latency_floor_ms
-from ..metrics import LoadResult, RequestResult, truncate
-from ..space import Config
-from ..workload import Request, Workload
-from .base import EngineCrash, ServerInfo
-from .calibration import DEFAULT, SimCalibration
+from sloguard_lib.engine.base import EngineCrash, ServerInfo
+from sloguard_lib.engine.calibration import DEFAULT, SimCalibration
+from sloguard_lib.hardware import GIB, GpuProfile, ModelShape, latency_floor_ms
+from sloguard_lib.measure.metrics import LoadResult, RequestResult, truncate
+from sloguard_lib.measure.workload import Request, Workload
+from sloguard_lib.study.space import Config
 
 SIM_VERSION = "sim-vllm-0.26.0"
 MAX_LOAD_S = 1800.0  # simulated wall-clock cap on one load run; unfinished requests time out

@@ -5,7 +5,7 @@ only when the knob is active; ``fp16`` = no ``--quantization``), binds a free lo
 config-only folders with ``--load-format dummy`` and waits for ``/health``. The process runs in its own
 process group with its output in a per-trial log (``<log_dir>/<label>_port<port>.log``, the runner's
 ``log_dir`` being ``<out>/server_logs/<study id>``); an early exit is classified from that log
-(:mod:`sloguard_lib.crash`). Teardown, on every path out of a trial (a crash, an error, Ctrl-C, SIGTERM,
+(:mod:`sloguard_lib.engine.crash`). Teardown, on every path out of a trial (a crash, an error, Ctrl-C, SIGTERM,
 SIGHUP), sends SIGTERM to the group, SIGKILL after a grace period, and waits until the group is gone and the
 port is free, so the next trial never collides and nothing outlives us (:mod:`.reaper` covers SIGKILL).
 
@@ -41,19 +41,19 @@ from typing import Any, Literal
 
 import httpx
 
-from ..crash import classify_log
-from ..errors import InputError
-from ..hardware import GpuProfile, ModelShape, latency_floor_ms
-from ..interrupts import deferred_interrupts
-from ..loadgen import STALL, LoadTarget, client_name, run_load
-from ..metrics import LoadResult, RequestResult
-from ..model_folder import prepare_model_dir, tokenizer_dir
-from ..space import BOOL_KNOBS, NUMERIC_KNOBS, Config
-from ..workload import Workload
-from . import reaper
-from .base import EngineCrash, ServerInfo
-from .phases import LOAD, READY, TEARDOWN, PhaseClock
-from .spare import Spare, SpareFault, split_launcher
+from sloguard_lib.engine import reaper
+from sloguard_lib.engine.base import EngineCrash, ServerInfo
+from sloguard_lib.engine.crash import classify_log
+from sloguard_lib.engine.phases import LOAD, READY, TEARDOWN, PhaseClock
+from sloguard_lib.engine.spare import Spare, SpareFault, split_launcher
+from sloguard_lib.errors import InputError
+from sloguard_lib.hardware import GpuProfile, ModelShape, latency_floor_ms
+from sloguard_lib.measure.loadgen import STALL, LoadTarget, client_name, run_load
+from sloguard_lib.measure.metrics import LoadResult, RequestResult
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.model_folder import prepare_model_dir, tokenizer_dir
+from sloguard_lib.study.interrupts import deferred_interrupts
+from sloguard_lib.study.space import BOOL_KNOBS, NUMERIC_KNOBS, Config
 
 SERVED_NAME = "sloguard"
 CPU_DEFAULT_MEMORY_UTILIZATION = 0.3

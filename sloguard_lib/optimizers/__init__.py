@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
-from ..space import SearchSpace
-from .base import Optimizer, Outcome, Proposal
+from sloguard_lib.errors import InputError
+from sloguard_lib.optimizers.base import Optimizer, Outcome, Proposal
+from sloguard_lib.study.space import SearchSpace
 
 if TYPE_CHECKING:
-    from .guard import Prior
+    from sloguard_lib.optimizers.guard import Prior
 
 #: name -> "module:Class"; imported on use, so a CLI run never pays for libraries it does not need
 OPTIMIZERS: dict[str, str] = {

@@ -6,7 +6,7 @@ optimizer without a preceding ``ask``, so an optimizer must accept told params i
 its next ``ask`` must depend only on (seed, told history, pending) -- that makes a resumed study propose
 exactly what the uninterrupted one would have.
 
-``ask(pending)``: the configs proposed and still running (parallel trials, :mod:`sloguard_lib.workers`).
+``ask(pending)``: the configs proposed and still running (parallel trials, :mod:`sloguard_lib.study.workers`).
 An optimizer must not propose one of them again, and should spread away from them (Optuna's constant liar for
 TPE, pending excluded from TBA's candidates and distances, a kriging believer in the BO acquisition). With no
 pending config every optimizer proposes exactly what it did before pending existed, so older logs resume.
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from ..space import Config, SearchSpace
+from sloguard_lib.study.space import Config, SearchSpace
 
 OutcomeStatus = Literal["ok", "slo_violation", "crash", "error"]
 
@@ -27,7 +27,7 @@ OutcomeStatus = Literal["ok", "slo_violation", "crash", "error"]
 class Proposal:
     params: Config
     phase: str = "main"
-    screen: dict[str, Any] | None = None  # what a sim screen predicted for it (:mod:`sloguard_lib.screen`)
+    screen: dict[str, Any] | None = None  # what a sim screen predicted for it (:mod:`sloguard_lib.study.screen`)
 
 
 @dataclass(frozen=True)

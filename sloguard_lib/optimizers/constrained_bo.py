@@ -7,7 +7,7 @@ configs drawn from the space are ever scored, so the GP never has to round a fra
 ``MixedSingleTaskGP`` with categorical kernels was 100x slower to fit here, 10-40 s per proposal.)
 
 * the **objective** GP, on log(1 + utility) of every trial that ran a load (feasible goodput, or the
-  penalised throughput of an SLO miss, see :mod:`sloguard_lib.slo`), standardised;
+  penalised throughput of an SLO miss, see :mod:`sloguard_lib.measure.slo`), standardised;
 * the **constraint** GP, on every trial, regressing +1 (crashed) / -1 (started): its posterior gives
   the probability that a config starts at all (constraint value <= 0), the usual Gardner et al. (2014)
   constraint model.
@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..space import Config, SearchSpace, config_key
-from .base import Outcome, Proposal, draw_key
-from .guard import Prior
+from sloguard_lib.errors import InputError
+from sloguard_lib.optimizers.base import Outcome, Proposal, draw_key
+from sloguard_lib.optimizers.guard import Prior
+from sloguard_lib.study.space import Config, SearchSpace, config_key
 
 try:
     import torch

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
-from ..space import Config, SearchSpace
+from sloguard_lib.study.space import Config, SearchSpace
 
 Prior = Callable[[Config], bool]  # True when the config can fit in memory at all
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..space import Config, SearchSpace, config_key
-from .base import Outcome, Proposal, draw_key
+from sloguard_lib.optimizers.base import Outcome, Proposal, draw_key
+from sloguard_lib.study.space import Config, SearchSpace, config_key
 
 
 class RandomSearch:

@@ -30,9 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.neighbors import KernelDensity
 
-from ..space import Config, Knob, SearchSpace, config_key
-from .base import Outcome, Proposal, draw_key
-from .guard import CrashGuard, Prior
+from sloguard_lib.optimizers.base import Outcome, Proposal, draw_key
+from sloguard_lib.optimizers.guard import CrashGuard, Prior
+from sloguard_lib.study.space import Config, Knob, SearchSpace, config_key
 
 
 class TBA:

@@ -23,20 +23,20 @@ Three proposals come from what the engine and the measurement are known to do, n
 * **Confirmation** (phase ``confirm``), the last trial: when the best config has been measured once and the
   runner-up is within ``confirm_margin`` of it, the best is measured again. One load's goodput varies by
   5-20 % with its seed, so the best single measurement is often a lucky draw of a worse config; the study's
-  recommendation (:func:`~sloguard_lib.incumbent.incumbent`) averages a config's measurements.
+  recommendation (:func:`~sloguard_lib.study.incumbent.incumbent`) averages a config's measurements.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..errors import InputError
-from ..incumbent import ranked
-from ..space import Config, SearchSpace, config_key
-from .base import Outcome, Proposal
-from .guard import Prior
-from .tba import TBA
-from .tpe import TPE
+from sloguard_lib.errors import InputError
+from sloguard_lib.optimizers.base import Outcome, Proposal
+from sloguard_lib.optimizers.guard import Prior
+from sloguard_lib.optimizers.tba import TBA
+from sloguard_lib.optimizers.tpe import TPE
+from sloguard_lib.study.incumbent import ranked
+from sloguard_lib.study.space import Config, SearchSpace, config_key
 
 MAX_REJECTIONS = 16
 MIN_STEP_GROWTH = 1.25  # a smaller budget change moves goodput less than one load's noise: not worth a trial

@@ -24,8 +24,8 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from ..space import Config, Knob, SearchSpace, config_key
-from .base import Outcome, Proposal
+from sloguard_lib.optimizers.base import Outcome, Proposal
+from sloguard_lib.study.space import Config, Knob, SearchSpace, config_key
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -1,7 +1,7 @@
 """Where a study's trials run: one at a time in this process (the default), side by side in Ray actors, or on a
 simulated clock (``VirtualPool``: N GPUs of the sim, for ``benchmarks/parallel.py``).
 
-The runner (:mod:`sloguard_lib.runner`) stays the one driver: it asks, submits a trial to a pool, takes the next
+The runner (:mod:`sloguard_lib.study.runner`) stays the one driver: it asks, submits a trial to a pool, takes the next
 finished record, logs it (fsync) and tells the optimizer. A pool only evaluates configs, so the log's guarantees
 are the runner's with any number of workers: one writer, a record durable before its tell, nothing logged twice.
 
@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .capacity import CapacitySearch
-from .early_stop import StopRule
-from .engine import Engine, reaper
-from .errors import InputError
-from .slo import SLO
-from .space import Config
-from .trial import evaluate
-from .workload import Workload
+from sloguard_lib.engine import Engine, reaper
+from sloguard_lib.errors import InputError
+from sloguard_lib.measure.capacity import CapacitySearch
+from sloguard_lib.measure.early_stop import StopRule
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.space import Config
+from sloguard_lib.study.trial import evaluate
 
 MAX_ATTEMPTS = 3  # a trial whose worker died this many times is logged as an infrastructure error
 CLOSE_GRACE_S = 30.0  # for interrupted trials to close their servers, and for engines to close

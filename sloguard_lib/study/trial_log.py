@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from sloguard_lib.errors import InputError
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "slo_violation", "crash", "error")

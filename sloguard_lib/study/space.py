@@ -26,8 +26,8 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from .errors import InputError, yaml_problem
-from .hardware import WEIGHT_BYTES
+from sloguard_lib.errors import InputError, yaml_problem
+from sloguard_lib.hardware import WEIGHT_BYTES
 
 KnobKind = Literal["int", "float", "bool", "categorical"]
 Config = dict[str, Any]

@@ -12,15 +12,15 @@ import functools
 import time
 from typing import Any
 
-from .capacity import CapacitySearch, Probe, judged
-from .capacity import summary as capacity_summary
-from .confidence import load_goodput, trial_interval
-from .early_stop import Monitor, StopRule
-from .engine.base import Engine, EngineCrash, Server
-from .metrics import LoadResult, RequestResult, pooled, summarize
-from .slo import SLO
-from .space import Config
-from .workload import Workload
+from sloguard_lib.engine.base import Engine, EngineCrash, Server
+from sloguard_lib.measure.capacity import CapacitySearch, Probe, judged
+from sloguard_lib.measure.capacity import summary as capacity_summary
+from sloguard_lib.measure.confidence import load_goodput, trial_interval
+from sloguard_lib.measure.early_stop import Monitor, StopRule
+from sloguard_lib.measure.metrics import LoadResult, RequestResult, pooled, summarize
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.space import Config
 
 
 def trial_seed(seed: int, trial: int) -> int:
@@ -33,9 +33,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Launch one server, load it, and judge it: the part of a trial that touches the backend. An interrupt
     (Ctrl-C, SIGTERM, SIGHUP) propagates after the server is closed: a partial trial is never a record.
-    ``stop`` ends the loads once the verdict is decided (:mod:`sloguard_lib.early_stop`); the record's
+    ``stop`` ends the loads once the verdict is decided (:mod:`sloguard_lib.measure.early_stop`); the record's
     ``early_stop`` then says why and when. ``capacity`` instead searches the highest load the server sustains
-    (:mod:`sloguard_lib.capacity`): the record's ``capacity``, its utility that load."""
+    (:mod:`sloguard_lib.measure.capacity`): the record's ``capacity``, its utility that load."""
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"config": config, "crash_class": None, "crash_message": None, "metrics": {},
                            "utility": None, "violated": []}

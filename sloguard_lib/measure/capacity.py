@@ -16,8 +16,8 @@ One trial = one server start and several probe loads on it (a start costs 20-90 
 
 The capacity is the highest passing level, and its interval is the bracket [highest passing, lowest failing): the
 true capacity lies inside it, at the resolution searched. A probe ends as soon as it has more misses than the
-target allows (the same curtailment as :mod:`~sloguard_lib.early_stop`: its verdict is decided), so failing probes,
-half of every bisection, cost a fraction of a load. A closed-loop probe sends at least ``PER_SLOT`` requests per
+target allows (the same curtailment as :mod:`~sloguard_lib.measure.early_stop`: its verdict is decided), so failing
+probes, half of every bisection, cost a fraction of a load. A closed-loop probe sends at least ``PER_SLOT`` requests per
 slot of concurrency, so its attainment is not only the first wave's; an open-loop probe has no client cap on
 concurrency and arrivals over at least ``RATE_WINDOW_S``.
 """
@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from .engine.base import Server
-from .errors import InputError
-from .metrics import LoadResult, RequestResult
-from .slo import SLO
-from .space import Config, SearchSpace, config_key
-from .workload import Workload
+from sloguard_lib.engine.base import Server
+from sloguard_lib.errors import InputError
+from sloguard_lib.measure.metrics import LoadResult, RequestResult
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.space import Config, SearchSpace, config_key
 
 PER_SLOT = 3  # requests per unit of concurrency in a probe: the first wave is a third of it
 RATE_WINDOW_S = 10.0  # an open-loop probe's arrivals last at least this long
@@ -158,8 +158,8 @@ def start_from(history: Sequence[Mapping[str, Any]], config: Config, space: Sear
 
     Measured on the sim (qwen2-1.5b / A100, 4 random 20-config studies): the prediction's median error is
     12-29 % and the searches need 16 % fewer probes and 12 % less load time than from the workload's level; the
-    single nearest config (:class:`~sloguard_lib.space.ConfigDistance`) predicted worse than no hint (+8 % probes):
-    capacity turns on a few knobs (eager mode, ``max_num_seqs``), not on distance over all of them."""
+    single nearest config (:class:`~sloguard_lib.study.space.ConfigDistance`) predicted worse than no hint (+8 %
+    probes): capacity turns on a few knobs (eager mode, ``max_num_seqs``), not on distance over all of them."""
     searched = [t for t in history if t.get("capacity") and t["capacity"]["probes"]]
     if len(searched) < MIN_FIT:
         return None

@@ -26,13 +26,13 @@ from typing import Any
 
 import yaml
 
-from .errors import InputError, yaml_problem
-from .runner import StudySpec, check_same_study, log_path_for
-from .slo import SLO
-from .trial_log import is_trial_log, read_log
-from .workload import Workload, parse_workload, workload_from
+from sloguard_lib.errors import InputError, yaml_problem
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload, parse_workload, workload_from
+from sloguard_lib.study.runner import StudySpec, check_same_study, log_path_for
+from sloguard_lib.study.trial_log import is_trial_log, read_log
 
-TUNE_NOTEBOOK = Path(__file__).parent / "notebooks" / "tune.ipynb"  # package data: there in a wheel too
+TUNE_NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "tune.ipynb"  # package data: there in a wheel too
 PARAMS_ROOT = "papermill_params"
 #: the tune notebook's parameters and the types a parameter file may give them
 PARAMETERS: dict[str, tuple[type, ...]] = {
@@ -201,8 +201,8 @@ def run(name: str, *, root: str | Path = ".", notebook: str | Path = TUNE_NOTEBO
             _execute(*job)
             bar.update()
     elif jobs:
-        from .engine import ON_GPU
-        from .workers import check_gpus, ray_session
+        from sloguard_lib.engine import ON_GPU
+        from sloguard_lib.study.workers import check_gpus, ray_session
 
         gpus = num_gpus if num_gpus is not None else float(any(p.params.get("backend") in ON_GPU for p in todo))
         with ray_session(workers, ray_address, todo[0].out_dir / "server_logs") as ray:

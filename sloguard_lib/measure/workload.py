@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import InputError
+from sloguard_lib.errors import InputError
 
 LenDist = Literal["fixed", "uniform", "lognormal"]
 Api = Literal["completions", "chat"]

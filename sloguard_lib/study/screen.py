@@ -7,7 +7,7 @@ the configs it simulated, best predicted first, are the candidates. The real tri
 * the best candidate not yet run for real, when its predicted utility beats the real incumbent by more than the
   screen's current error on this study (``screen-exploit``), else
 * the best candidate unlike every config run for real so far (farthest from them in the space's encoding,
-  :meth:`~sloguard_lib.space.SearchSpace.encode`, among the top ``PROBE_POOL``), so the next re-fit learns where
+  :meth:`~sloguard_lib.study.space.SearchSpace.encode`, among the top ``PROBE_POOL``), so the next re-fit learns where
   the screen knows least (``screen-probe``).
 
 After each real trial the screen is re-fitted to all of them: one decode-speed factor (the geometric mean of real /
@@ -30,15 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from .engine.calibration import SimCalibration
-from .engine.sim import SimEngine
-from .hardware import GpuProfile, ModelShape
-from .incumbent import incumbent
-from .optimizers import Optimizer, Outcome, Proposal
-from .slo import SLO
-from .space import Config, SearchSpace, config_key
-from .trial import evaluate
-from .workload import Workload
+from sloguard_lib.engine.calibration import SimCalibration
+from sloguard_lib.engine.sim import SimEngine
+from sloguard_lib.hardware import GpuProfile, ModelShape
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.optimizers import Optimizer, Outcome, Proposal
+from sloguard_lib.study.incumbent import incumbent
+from sloguard_lib.study.space import Config, SearchSpace, config_key
+from sloguard_lib.study.trial import evaluate
 
 PROBE_POOL = 10  # a probe is the most unlike config among this many of the best predicted
 MIN_FOR_FALLBACK = 3

@@ -2,7 +2,7 @@
 
 asyncio + one keep-alive aiohttp pool (``vllm bench serve``'s library; ``LoadTarget.http``). Prompts go out
 as exact token-id lists with ``ignore_eos`` and a fixed ``max_tokens``, so the server does exactly the work the
-:class:`~sloguard_lib.workload.Workload` describes. SSE is parsed incrementally from the raw bytes as they
+:class:`~sloguard_lib.measure.workload.Workload` describes. SSE is parsed incrementally from the raw bytes as they
 arrive; each data event that carries text is one streamed event, timed on arrival: TTFT = first event - send,
 ITL = gaps between events (what ``vllm bench serve`` records). The token count comes from the final ``usage``
 chunk. Only that chunk is JSON-decoded: token events are recognised by byte patterns, because a client that
@@ -42,10 +42,10 @@ from typing import Any
 
 import httpx
 
-from . import __version__
-from .metrics import LoadResult, RequestResult, truncate
-from .model_folder import word
-from .workload import Request, Workload
+from sloguard_lib import __version__
+from sloguard_lib.measure.metrics import LoadResult, RequestResult, truncate
+from sloguard_lib.measure.workload import Request, Workload
+from sloguard_lib.model_folder import word
 
 STALL = "stall"  # error prefix for requests that stopped receiving tokens
 OVERRUN = "overrun"  # error prefix for a stream with more token events than max_tokens

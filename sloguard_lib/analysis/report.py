@@ -5,7 +5,7 @@ Every ``*.jsonl`` trial log under the directory is one (seed, optimizer) study; 
 (model, GPU, backend, SLO, workload, space, budget): a folder that mixes identities is refused, naming the
 field that differs, unless ``where`` filters pick one (``tune`` puts every study in ``results/runs``, so a
 mixed folder is the normal case, and pooling an L4 study with an H100 one by seed would be a wrong table).
-Statistics use the definitions in :mod:`sloguard_lib.stats`; the fast-cluster threshold is computed once
+Statistics use the definitions in :mod:`sloguard_lib.analysis.stats`; the fast-cluster threshold is computed once
 over all trials of the comparison so every optimizer is judged by the same line. Used by ``sloguard
 report`` and by ``sloguard_lib/notebooks/analysis.ipynb`` (which only calls these functions).
 """
@@ -22,12 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from . import stats
-from .errors import InputError
-from .incumbent import VALIDATED
-from .slo import SLO
-from .trial_log import is_trial_log, read_log
-from .workload import Workload
+from sloguard_lib.analysis import stats
+from sloguard_lib.errors import InputError
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.incumbent import VALIDATED
+from sloguard_lib.study.trial_log import is_trial_log, read_log
 
 #: how each crash status is drawn wherever a figure colours trials by status
 STATUS_COLOURS = {"ok": "tab:green", "slo_violation": "tab:orange", "crash": "tab:red", "error": "tab:gray"}

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from .metrics import LoadResult
-from .slo import SLO
+from sloguard_lib.measure.metrics import LoadResult
+from sloguard_lib.measure.slo import SLO
 
 LEVEL = 0.95
 RESAMPLES = 999  # the interval's ends move < 1 % of its width between resample seeds at this count

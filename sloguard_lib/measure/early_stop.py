@@ -1,9 +1,9 @@
 """Ending a trial's load once its verdict is decided: curtailment of the SLO test, and a bound on its goodput.
 
 A trial is feasible only when no request failed and every trial-level p99 (TTFT over requests, ITL over token
-gaps, the optional TPOT and E2E) is within its threshold (:mod:`sloguard_lib.slo`). The number of values each
+gaps, the optional TPOT and E2E) is within its threshold (:mod:`sloguard_lib.measure.slo`). The number of values each
 p99 is taken over is known before the load starts (the workload fixes every request's output length, sent with
-``ignore_eos``), and the p99 of ``n`` values (numpy's linear interpolation, as :mod:`~sloguard_lib.metrics`)
+``ignore_eos``), and the p99 of ``n`` values (numpy's linear interpolation, as :mod:`~sloguard_lib.measure.metrics`)
 exceeds ``L`` as soon as ``n - floor(0.99 (n - 1))`` of them exceed it, whatever the others turn out to be. So
 the monitor counts misses as requests complete and knows when a count reaches its limit, or a request fails: the
 verdict is then *decided*, not estimated (deterministic curtailment, the degenerate sequential test whose error
@@ -22,7 +22,7 @@ its load ends. What was measured up to then is the trial's record (its goodput i
 
 Backends take the monitor's ``observe`` as the ``until`` argument of ``Server.run_load``: the real load
 generator stops sending and cancels the streams in flight (their server work is aborted); the simulator cuts
-its finished simulation at the same instant (:func:`sloguard_lib.metrics.truncate`).
+its finished simulation at the same instant (:func:`sloguard_lib.measure.metrics.truncate`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .metrics import RequestResult
-from .slo import SLO
-from .workload import Workload
+from sloguard_lib.measure.metrics import RequestResult
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
 
 P99 = 0.99
 #: a decided miss ends its load only once its p99 is certain to be at least this many times the limit. Ending every

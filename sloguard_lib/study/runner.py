@@ -1,6 +1,6 @@
 """The tuning loop: ask -> launch -> load -> metrics -> SLO -> log (fsync) -> tell, with exact resume.
 
-With ``workers`` > 1 the same loop keeps that many trials in flight (:mod:`sloguard_lib.workers`, on Ray): each
+With ``workers`` > 1 the same loop keeps that many trials in flight (:mod:`sloguard_lib.study.workers`, on Ray): each
 ask sees the configs still running (``Optimizer.ask(pending)``), records are logged in the order trials finish,
 and each says which trials were pending when it was proposed (``pending``) and how many records had been told
 before (``told``). Replaying the log in its order rebuilds the optimizer the driver had; trials in flight when
@@ -9,9 +9,9 @@ the driver died have no record, and ``--resume`` proposes those trial numbers ag
 Resume replays every logged trial into a fresh optimizer (``tell`` only) and continues with the trial
 numbers not yet logged. Because the log is written before ``tell`` and optimizers are history-deterministic, a study
 killed at any instant and resumed produces the same trials as one that was never interrupted: none lost,
-none repeated. The study holds its log's lock throughout (:func:`~sloguard_lib.trial_log.exclusive`), so a
+none repeated. The study holds its log's lock throughout (:func:`~sloguard_lib.study.trial_log.exclusive`), so a
 second writer is refused instead of duplicating trials. An interrupt (Ctrl-C, SIGTERM, SIGHUP: see
-:mod:`sloguard_lib.interrupts`) propagates out of ``run_study`` after the trial's server is closed; the trial
+:mod:`sloguard_lib.study.interrupts`) propagates out of ``run_study`` after the trial's server is closed; the trial
 in flight is not logged, and ``--resume`` runs it again.
 """
 
@@ -28,22 +28,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .capacity import CapacitySearch, start_from
-from .early_stop import StopRule
-from .engine import ON_GPU, Engine, make_engine
-from .engine.calibration import SimCalibration
-from .errors import InputError
-from .hardware import get_gpu, kv_budget_tokens, memory_prior, resolve_model
-from .incumbent import VALIDATED, incumbent, ranked, recommend
-from .optimizers import Optimizer, Outcome, Proposal, make_optimizer
-from .screen import ScreenedOptimizer
-from .slo import SLO
-from .space import Config, SearchSpace, build_serving_space, config_key
-from .trial import trial_seed
-from .trial_log import LogContents, TrialLog, exclusive, git_commit, holds_no_record, read_log
-from .workers import InlinePool, Job, Pool, RayPool, VirtualPool
-from .workload import Workload
+from sloguard_lib import __version__
+from sloguard_lib.engine import ON_GPU, Engine, make_engine
+from sloguard_lib.engine.calibration import SimCalibration
+from sloguard_lib.errors import InputError
+from sloguard_lib.hardware import get_gpu, kv_budget_tokens, memory_prior, resolve_model
+from sloguard_lib.measure.capacity import CapacitySearch, start_from
+from sloguard_lib.measure.early_stop import StopRule
+from sloguard_lib.measure.slo import SLO
+from sloguard_lib.measure.workload import Workload
+from sloguard_lib.optimizers import Optimizer, Outcome, Proposal, make_optimizer
+from sloguard_lib.study.incumbent import VALIDATED, incumbent, ranked, recommend
+from sloguard_lib.study.screen import ScreenedOptimizer
+from sloguard_lib.study.space import Config, SearchSpace, build_serving_space, config_key
+from sloguard_lib.study.trial import trial_seed
+from sloguard_lib.study.trial_log import LogContents, TrialLog, exclusive, git_commit, holds_no_record, read_log
+from sloguard_lib.study.workers import InlinePool, Job, Pool, RayPool, VirtualPool
 
 #: header fields that must match for ``--resume`` to continue a log (budget may grow).
 RESUME_KEYS = ("optimizer", "seed", "model", "gpu", "backend", "slo", "workload", "space", "enqueue", "early_stop",
@@ -72,17 +72,17 @@ class StudySpec:
     #: recommend the one with the best lower bound over those (:func:`incumbent.recommend`)
     validate: int = 0
     #: "goodput" at the workload's load, or "capacity": the highest load each config sustains with
-    #: ``capacity_target`` of its requests within the SLO (:mod:`sloguard_lib.capacity`)
+    #: ``capacity_target`` of its requests within the SLO (:mod:`sloguard_lib.measure.capacity`)
     objective: str = "goodput"
     capacity_target: float = 0.99
     capacity_max: float | None = None  # the highest level searched (None: capacity.DEFAULT_MAX)
     #: "sim": each real trial's config chosen by a simulator screen re-fitted to the real trials so far
-    #: (:mod:`sloguard_lib.screen`), ``screen_trials`` sim trials before each; ``screen_cal`` the screen's starting
-    #: calibration (None: the packaged one; the sim benchmark passes a deliberately wrong one)
+    #: (:mod:`sloguard_lib.study.screen`), ``screen_trials`` sim trials before each; ``screen_cal`` the screen's
+    #: starting calibration (None: the packaged one; the sim benchmark passes a deliberately wrong one)
     screen: str | None = None
     screen_trials: int = 60
     screen_cal: SimCalibration | None = None
-    #: end a trial's load once it cannot meet the SLO or beat the incumbent (:mod:`sloguard_lib.early_stop`)
+    #: end a trial's load once it cannot meet the SLO or beat the incumbent (:mod:`sloguard_lib.measure.early_stop`)
     early_stop: bool = False
 
     def __post_init__(self) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import ipywidgets as w
 
-from .errors import InputError
-from .report import STATUS_COLOURS, STATUS_MARKERS
-from .trial_log import is_trial_log, read_log
+from sloguard_lib.analysis.report import STATUS_COLOURS, STATUS_MARKERS
+from sloguard_lib.errors import InputError
+from sloguard_lib.study.trial_log import is_trial_log, read_log
 
 STATUSES = ("all", "ok", "slo_violation", "crash", "error")
 

@@ -22,19 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from .engine.base import EngineCrash
-from .engine.calibration import DEFAULT, SimCalibration
-from .engine.sim import SimEngine
-from .hardware import get_gpu, latency_floor_ms, resolve_model
-from .metrics import summarize
-from .workload import Workload
+from sloguard_lib.engine.base import EngineCrash
+from sloguard_lib.engine.calibration import DEFAULT, SimCalibration
+from sloguard_lib.engine.sim import SimEngine
+from sloguard_lib.hardware import get_gpu, latency_floor_ms, resolve_model
+from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.workload import Workload
 
 METRICS = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "throughput_tok_s")
 #: the latency constants :func:`fit` adjusts; memory and start-up constants are read off vLLM's logs instead
 FITTED = ("request_overhead_s", "step_overhead_s", "per_seq_overhead_s", "eager_per_layer_s",
           "piecewise_per_layer_s", "compute_eff", "bw_eff", "attn_compute_eff", "hiccup_factor", "admit_serial_s",
           "stream_token_s")
-DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "h100" / "calibration.jsonl"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "h100" / "calibration.jsonl"
 
 
 @dataclass(frozen=True)

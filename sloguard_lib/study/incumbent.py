@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .confidence import t_interval
-from .space import config_key
+from sloguard_lib.measure.confidence import t_interval
+from sloguard_lib.study.space import config_key
 
 
 def ranked(trials: Sequence[Mapping[str, Any]]) -> list[tuple[float, list[Mapping[str, Any]]]]:
@@ -43,9 +43,9 @@ VALIDATED = "validate"  # the phase of a re-measurement of a finalist (``--valid
 
 def config_interval(records: Sequence[Mapping[str, Any]]) -> tuple[float, float, float, int]:
     """(mean, low, high, loads) of one config's goodput over every load of its trials: the t-interval from two
-    loads on (:mod:`sloguard_lib.confidence`), else its one trial's own interval. A trial that missed the SLO counts
-    at its penalised utility, so a finalist that misses on re-measurement falls behind one that holds; a capacity
-    trial by the load it sustained (its utility)."""
+    loads on (:mod:`sloguard_lib.measure.confidence`), else its one trial's own interval. A trial that missed the
+    SLO counts at its penalised utility, so a finalist that misses on re-measurement falls behind one that holds; a
+    capacity trial by the load it sustained (its utility)."""
     values = [r["utility"] if r["status"] != "ok" or r.get("capacity") else g for r in records
               for g in r.get("goodput_loads_tok_s") or [r["utility"]]]
     if len(values) > 1:

@@ -41,8 +41,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import InputError
-from .metrics import LoadResult, RequestResult
+from sloguard_lib.errors import InputError
+from sloguard_lib.measure.metrics import LoadResult, RequestResult
 
 SLO_MISS_FACTOR = 0.5
 GOODPUT_DEFS = ("sloguard", "vllm")
