@@ -213,7 +213,7 @@ def test_our_client_and_vllm_bench_serve_make_one_server_do_the_same_work(
     here: throughput +20 % [-50, +89], TTFT p99 +140 % [-243, +524]), so it checks what the two H100/H200 bugs
     changed and CPU noise does not: the prompt and output tokens the server was sent (the broken tokenizer made
     vLLM's prompts 49 % prefix-cache hits), its engine steps for those tokens (httpx's pool made it run 3.7x the
-    steps), tokens per streamed chunk, and throughput within 2x. Measured here: steps 133-136 ours (warm-up's
+    steps), and throughput within 2x. Measured here: steps 133-136 ours (warm-up's
     removed) vs 135-138 vLLM's; one hiccup round read 387."""
     conc, n, inp, outp = 8, 32, 64, 32
     done = subprocess.run(
@@ -234,7 +234,9 @@ def test_our_client_and_vllm_bench_serve_make_one_server_do_the_same_work(
         assert 1 <= extra <= 4 and r["srv_prompt_tokens"] == (n + extra) * inp, r
     for r in loads:
         assert r["srv_prefix_hit_tokens"] <= 0.01 * r["srv_prompt_tokens"] and r["srv_preemptions"] == 0, r
-        assert r["tokens_per_chunk"] == pytest.approx(1.0, abs=0.05), r  # no coalescing at 8 concurrent
+        # a chunk never carries less than one token (a client counting role or usage chunks as tokens would read
+        # more, shorter gaps); more than one where the API server coalesced (1.10 here once, on a busy host)
+        assert r["tokens_per_chunk"] >= 1.0, r
     # engine steps for the same work: ours less the warm-up's (one prefill and one step per further token each)
     steps = sorted(r["srv_steps"] - (r["srv_generation_tokens"] - n * outp) for r in ours)[1]
     assert steps == pytest.approx(sorted(r["srv_steps"] for r in theirs)[1], rel=0.25)
