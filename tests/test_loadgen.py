@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import logging
+import signal
 import time
 
 import pytest
 
-from sloguard_lib.measure.loadgen import LoadTarget, is_token_event, run_load
+from sloguard_lib.measure.loadgen import LoadTarget, _event_loop, _quiet_on_interrupt, is_token_event, run_load
 from sloguard_lib.measure.metrics import summarize
 from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.interrupts import Interrupted
 
 from .sse_stub import SSEStub
 
@@ -134,3 +137,16 @@ def test_a_high_concurrency_load_keeps_its_concurrency_at_the_server() -> None:
     assert all(r.ok for r in load.requests)
     mean_in_flight = stub.busy_s / load.duration_s
     assert mean_in_flight >= 0.5 * 128, mean_in_flight
+
+
+def test_a_stop_signal_inside_a_transport_callback_logs_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """uvloop reports an exception raised in ``data_received`` as "Fatal error on transport" with its traceback;
+    for a stop signal (the interrupt then unwinds the study through the closed stream) the load's loop says
+    nothing, and still reports real errors."""
+    with _event_loop() as runner:
+        loop = runner.get_loop()
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            _quiet_on_interrupt(loop, {"message": "Fatal error on transport", "exception": Interrupted(signal.SIGINT)})
+            assert not caplog.records
+            _quiet_on_interrupt(loop, {"message": "Fatal error on transport", "exception": ValueError("bad chunk")})
+        assert [r.getMessage() for r in caplog.records] == ["Fatal error on transport"]

@@ -209,12 +209,11 @@ def test_capacity_mode_brackets_a_real_server_on_one_start(vllm_env: dict[str, s
 def test_our_client_and_vllm_bench_serve_make_one_server_do_the_same_work(
         vllm_env: dict[str, str], tmp_path: Path) -> None:
     """The regression guard of ``benchmarks/client_agreement.py`` (issue #23) on the CPU build: one server, three
-    interleaved rounds of ours and ``vllm bench serve``. CPU latencies spread too far for a 5 % bound (4 rounds
-    here: throughput +20 % [-50, +89], TTFT p99 +140 % [-243, +524]), so it checks what the two H100/H200 bugs
-    changed and CPU noise does not: the prompt and output tokens the server was sent (the broken tokenizer made
-    vLLM's prompts 49 % prefix-cache hits), its engine steps for those tokens (httpx's pool made it run 3.7x the
-    steps), and throughput within 2x. Measured here: steps 133-136 ours (warm-up's
-    removed) vs 135-138 vLLM's; one hiccup round read 387."""
+    interleaved rounds of ours and ``vllm bench serve``. On two cores the client competes with the server for CPU,
+    and latencies, throughput and even engine steps spread too far for any bound (four runs here: throughput per
+    round 0.25-1.74x vLLM's client's, engine steps 133-1,018 for the same tokens). It checks what CPU noise does
+    not change and the tokenizer bug did (vLLM's "random" prompts were 49 % prefix-cache hits on the H200): the
+    requests, prompt and output tokens the server was sent, no prefix hits, at least one token per chunk."""
     conc, n, inp, outp = 8, 32, 64, 32
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "client_agreement.py"), "--model", str(TINY), "--concurrency",
@@ -237,8 +236,3 @@ def test_our_client_and_vllm_bench_serve_make_one_server_do_the_same_work(
         # a chunk never carries less than one token (a client counting role or usage chunks as tokens would read
         # more, shorter gaps); more than one where the API server coalesced (1.10 here once, on a busy host)
         assert r["tokens_per_chunk"] >= 1.0, r
-    # engine steps for the same work: ours less the warm-up's (one prefill and one step per further token each)
-    steps = sorted(r["srv_steps"] - (r["srv_generation_tokens"] - n * outp) for r in ours)[1]
-    assert steps == pytest.approx(sorted(r["srv_steps"] for r in theirs)[1], rel=0.25)
-    ratio = sorted(a["throughput_tok_s"] / b["throughput_tok_s"] for a, b in zip(ours, theirs, strict=True))[1]
-    assert 0.5 < ratio < 2.0, ratio
