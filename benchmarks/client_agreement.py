@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,13 @@ COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:pr
             "vllm:inter_token_latency_seconds_sum", "vllm:inter_token_latency_seconds_count",
             "vllm:request_queue_time_seconds_sum", "vllm:request_prefill_time_seconds_sum",
             "vllm:request_decode_time_seconds_sum")
+
+
+def tokens_per_chunk(requests: Iterable[tuple[int, int]]) -> float:
+    """Output tokens per streamed chunk over a load's requests, each given as (output tokens, gaps between its
+    chunks); requests that produced nothing are left out. The same for both clients: each records a gap per chunk."""
+    done = [(n, gaps) for n, gaps in requests if n]
+    return sum(n for n, _ in done) / max(sum(gaps + 1 for _, gaps in done), 1)
 
 
 def counters(metrics_text: str) -> dict[str, float]:
@@ -168,9 +176,8 @@ class VllmBench:
             raise SystemExit(f"error: vllm bench serve failed; see {self.out_dir / 'vllm_bench.log'}")
         res = json.loads((self.out_dir / name).read_text())
         (self.out_dir / name).write_text(json.dumps({k: v for k, v in res.items() if not isinstance(v, list)}))
-        chunks = sum(len(itl) + 1 for itl, n in zip(res["itls"], res["output_lens"], strict=True) if n)
         return {ours: float(res[key]) for ours, key in (METRICS | EXTRA).items()} | {
-            "tokens_per_chunk": sum(res["output_lens"]) / max(chunks, 1)}
+            "tokens_per_chunk": tokens_per_chunk(zip(res["output_lens"], map(len, res["itls"]), strict=True))}
 
     def close(self) -> None:
         with contextlib.suppress(BrokenPipeError):  # it died on its own: its log says why
@@ -258,9 +265,9 @@ def main() -> None:
                         wl = Workload(concurrency=conc, num_requests=n, input_len=args.input_len,
                                       output_len=args.output_len, seed=seed)
                         load = server.run_load(wl)
-                        full, ok = summarize(load), [r for r in load.requests if r.ok and r.output_tokens]
-                        m = {k: full[k] for k in (*METRICS, *EXTRA)} | {"tokens_per_chunk": sum(
-                            r.output_tokens for r in ok) / max(sum(len(r.itl_s) + 1 for r in ok), 1)}
+                        full = summarize(load)
+                        m = {k: full[k] for k in (*METRICS, *EXTRA)} | {"tokens_per_chunk": tokens_per_chunk(
+                            (r.output_tokens, len(r.itl_s)) for r in load.requests if r.ok)}
                     srv = server_view(c0, counters(server.metrics_text()))
                     cpu = {k: v - cpu0[k] for k, v in cpu_snapshot(pids, me).items()}
                     row = {"client": client, "concurrency": conc, "round": rnd, "seed": seed,
