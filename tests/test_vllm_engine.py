@@ -146,6 +146,55 @@ def test_warm_launcher_hands_each_trial_to_a_spare_and_times_its_phases(tmp_path
     assert not group_alive(spare)
 
 
+def test_two_engines_sharing_a_log_folder_keep_their_own_spares(tmp_path: Path) -> None:
+    """Two Ray workers of one study on one GPU write to the same server-log folder; on the H100 (results/h100/
+    workers/) their spares shared a name, one truncated and removed the other's log, and a trial started plain."""
+    engines = [engine(tmp_path), engine(tmp_path)]
+    servers = [eng.launch({}, trial_seed=i, label=f"trial{i:03d}") for i, eng in enumerate(engines)]
+    for i, eng in enumerate(engines):  # each worker's next trial, while the other's server still runs
+        servers.append(eng.launch({}, trial_seed=2 + i, label=f"trial{2 + i:03d}"))
+    assert [s.info.extra["launcher"] for s in servers] == ["warm"] * 4
+    for s in servers:
+        s.close()
+    for eng in engines:
+        eng.close()
+
+
+def test_servers_on_one_gpu_take_turns_to_start_and_to_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's start-up or teardown on this GPU holds its turn (gpu_turn.py): ours waits for it, and a
+    process on another GPU does not."""
+    from sloguard_lib.engine import gpu_turn
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"test-{os.getpid()}")  # a GPU of this test's own
+    holder = ("import fcntl, os, sys, time\n"
+              f"fd = os.open({str(gpu_turn.lock_path())!r}, os.O_RDWR | os.O_CREAT)\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(float(sys.argv[1]))\n")
+
+    def hold(seconds: float) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-c", holder, str(seconds)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        return proc
+
+    eng = engine(tmp_path, timeout=30.0)
+    other = hold(2.0)
+    server = eng.launch({}, trial_seed=0)
+    other.wait()
+    phases = server.info.extra["phases"]
+    assert 1.5 < phases["gpu_wait"] < 4.0, phases  # started only once the other start-up was done
+    other = hold(2.0)
+    t0 = time.perf_counter()
+    server.close()
+    assert time.perf_counter() - t0 > 1.5  # freed the GPU only after the other's turn
+    other.wait()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"other-{os.getpid()}")
+    other = hold(5.0)  # held on another GPU: no wait here
+    server = eng.launch({}, trial_seed=1)
+    assert "gpu_wait" not in server.info.extra["phases"]
+    server.close()
+    other.kill()
+    eng.close()
+
+
 def test_a_dead_spare_falls_back_to_a_plain_start(tmp_path: Path) -> None:
     eng = engine(tmp_path)
     eng.launch({}, trial_seed=0).close()

@@ -30,7 +30,7 @@ MARKERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(patte
 ))
 #: the phases after the log markers, stamped by the launcher and the trial itself.
 READY, LOAD, TEARDOWN = "api_start", "load", "teardown"
-ORDER = ("spare_wait", *(name for name, _ in MARKERS), READY, LOAD, TEARDOWN)
+ORDER = ("gpu_wait", "spare_wait", *(name for name, _ in MARKERS), READY, LOAD, TEARDOWN)
 
 
 class PhaseClock:

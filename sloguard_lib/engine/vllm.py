@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import os
 import re
 import shutil
@@ -44,6 +45,7 @@ import httpx
 from sloguard_lib.engine import reaper
 from sloguard_lib.engine.base import EngineCrash, ServerInfo
 from sloguard_lib.engine.crash import classify_log
+from sloguard_lib.engine.gpu_turn import memory_turn
 from sloguard_lib.engine.phases import LOAD, READY, TEARDOWN, PhaseClock
 from sloguard_lib.engine.spare import Spare, SpareFault, split_launcher
 from sloguard_lib.errors import InputError
@@ -64,9 +66,12 @@ PORT_RETRIES = 2
 CLOSE_GRACE_S = 5.0
 #: readiness poll: also the resolution of the phase clock's log stamps
 POLL_S = 0.1
+#: a wait for the GPU's turn (gpu_turn.py) longer than this is its own phase
+GPU_WAIT_SHOWN_S = 0.5
 Launcher = Literal["warm", "plain"]
 #: crash classes of a start that a config alone does not explain (memory and argument errors it does)
 WARM_SUSPECT = ("unknown", "cuda_error", "killed")
+_ENGINE_IDS = itertools.count()
 LAUNCHERS: tuple[Launcher, ...] = ("warm", "plain")
 
 
@@ -146,6 +151,9 @@ class VllmEngine:
         self.launcher = launcher
         self._n = 0
         self._spare: list[Spare] = []  # at most one, waiting for the next trial
+        # in the spare's log name: the workers of a parallel study share the log folder (two on one H100 once
+        # truncated and removed each other's spare logs, results/h100/workers/README.md)
+        self._tag = f"{os.getpid()}-{next(_ENGINE_IDS)}"
         self._warm_started = False  # how the last launch started
         weakref.finalize(self, _stop_spares, self._spare)  # and at interpreter exit; a SIGKILL ends it too (spare.py)
         reaper.reap(self.log_dir)  # servers of a run of this study that was SIGKILLed
@@ -227,38 +235,43 @@ class VllmEngine:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
         clock = PhaseClock(log_path, t0, offset=log.tell())
-        try:
-            proc, how = self._start(cmd, args, env, log, log_path)
-        except FileNotFoundError:
-            log.close()
-            raise InputError(f"cannot start vLLM: {self.vllm_cmd[0]!r} not found; install vllm") from None
-        server: VllmServer | None = None
-        try:
-            # from here a stop signal must find the process owned by a server object that close() ends: held
-            # back while that object is made (CI once interrupted that gap, and the server outlived the run)
-            with deferred_interrupts():
-                server = VllmServer(proc, port, log, log_path, clock)
-            self._warm_started = how == "warm"
-            if how == "warm":
-                clock.stamp("spare_wait")
-            self._prepare_spare(env)  # the next trial's, importing while this server starts
-            server.wait_ready(self.startup_timeout_s)
-            server.info = ServerInfo(
-                backend=self.name, engine_version=server.version(), gpu=self.gpu.name, model=self.model.name,
-                start_s=time.perf_counter() - t0, kv_cache_tokens=server.kv_cache_tokens(),
-                extra={"log": str(log_path), "launcher": how, "phases": server.clock.phases()})
-        except BaseException as e:  # a crash, and Ctrl-C / SIGTERM / SIGHUP during start-up: never leave it running
-            if server is None:  # the server object itself failed: end the process group it was to own
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)  # nothing started yet that needs an orderly stop
-                proc.wait()
-                reaper.wait_gone(proc.pid)
+        with contextlib.ExitStack() as turn:  # process start to ready: servers on one GPU take turns (gpu_turn.py)
+            turn.enter_context(memory_turn())
+            if (waited := time.perf_counter()) - t0 > GPU_WAIT_SHOWN_S:
+                clock.stamp("gpu_wait", waited)
+            try:
+                proc, how = self._start(cmd, args, env, log, log_path)
+            except FileNotFoundError:
                 log.close()
+                raise InputError(f"cannot start vLLM: {self.vllm_cmd[0]!r} not found; install vllm") from None
+            server: VllmServer | None = None
+            try:
+                # from here a stop signal must find the process owned by a server object that close() ends: held
+                # back while that object is made (CI once interrupted that gap, and the server outlived the run)
+                with deferred_interrupts():
+                    server = VllmServer(proc, port, log, log_path, clock)
+                self._warm_started = how == "warm"
+                if how == "warm":
+                    clock.stamp("spare_wait")
+                self._prepare_spare(env)  # the next trial's, importing while this server starts
+                server.wait_ready(self.startup_timeout_s)
+                turn.close()  # ready: its memory is allocated, the next server on this GPU may start
+                server.info = ServerInfo(
+                    backend=self.name, engine_version=server.version(), gpu=self.gpu.name, model=self.model.name,
+                    start_s=time.perf_counter() - t0, kv_cache_tokens=server.kv_cache_tokens(),
+                    extra={"log": str(log_path), "launcher": how, "phases": server.clock.phases()})
+            except BaseException as e:  # a crash, Ctrl-C / SIGTERM / SIGHUP during start-up: never leave it running
+                if server is None:  # the server object itself failed: end the process group it was to own
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)  # nothing started yet that needs an orderly stop
+                    proc.wait()
+                    reaper.wait_gone(proc.pid)
+                    log.close()
+                    raise
+                server.close()
+                if isinstance(e, EngineCrash):
+                    e.phases = server.clock.phases()
                 raise
-            server.close()
-            if isinstance(e, EngineCrash):
-                e.phases = server.clock.phases()
-            raise
         server.target = LoadTarget(f"http://127.0.0.1:{port}", SERVED_NAME, self.model.vocab_size,
                                    stall_timeout_s=self.stall_timeout_s, load_timeout_s=self.load_timeout_s,
                                    processes=self.load_procs)
@@ -296,7 +309,8 @@ class VllmEngine:
         if self.launcher != "warm" or parts is None or self._spare:
             return
         try:
-            self._spare.append(Spare(parts[0], parts[1], env, self.log_dir / f"spare{self._n + 1:03d}.log"))
+            log = self.log_dir / f"spare_{self._tag}_{self._n + 1:03d}.log"
+            self._spare.append(Spare(parts[0], parts[1], env, log))
         except OSError:
             return  # no spare: the next trial starts the plain way (and reports why the launch fails, if it does)
 
@@ -385,8 +399,9 @@ class VllmServer:
 
     def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
         """End the whole process group (API server, engine core, workers); a stop signal that arrives
-        meanwhile is held until the group is gone, then raised."""
-        with deferred_interrupts():
+        meanwhile is held until the group is gone, then raised. Freeing the GPU waits for its turn: memory freed
+        while another server on this GPU profiles aborts that one's start (gpu_turn.py)."""
+        with deferred_interrupts(), memory_turn():
             self.http.close()
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
