@@ -1,6 +1,11 @@
 """Simulator vs every real point recorded on the H100 (sloguard_lib/data/h100/calibration.jsonl).
 
-    python benchmarks/sim_fidelity.py [--data sloguard_lib/data/h100/calibration.jsonl] [--kfold 5 [--iters 300]]
+    python benchmarks/sim_fidelity.py [--data FILE ...] [--kfold 5 [--iters 300]]
+
+``--data`` takes calibration files and real studies' trial logs alike (a study's trials are the configs a tuner
+actually visits; :func:`sloguard_lib.analysis.fidelity.study_points` says which of them count). Every real H100
+point so far: ``--data sloguard_lib/data/h100/calibration.jsonl sloguard_lib/data/h100/study/*.jsonl
+results/h100/trial_cost/*/*.jsonl results/h100/screen_real/*/*.jsonl``.
 
 Prints sim, real and relative error per point and metric, then the median and worst |error| per metric
 (only target rows, see sloguard_lib/analysis/fidelity.py) and the crash-verdict agreement. These score the simulator on
@@ -19,11 +24,12 @@ from sloguard_lib.engine.calibration import H100_REFERENCE
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", nargs="+", default=[str(DEFAULT_DATA)], metavar="FILE")
     ap.add_argument("--kfold", type=int, default=0, metavar="K", help="also score K-fold held out by config")
     ap.add_argument("--iters", type=int, default=300, help="Nelder-Mead iterations of each fold's fit")
     args = ap.parse_args()
-    rows = compare(load_points(args.data))
+    points = [p for path in args.data for p in load_points(path)]
+    rows = compare(points)
     print(f"{'point':24s} {'conc':>4s} {'metric':16s} {'sim':>12s} {'real':>12s} {'error':>8s}")
     for r in rows:
         err = "" if r.rel_error is None else f"{r.rel_error:+8.1%}"
@@ -37,9 +43,9 @@ def main() -> None:
         if isinstance(v, dict):
             print(f"{metric:18s} {v['median']:12.1%} {v['worst']:13.1%} {v['n']:8d}")
     print(f"crash verdict agreement: {s['crash_agreement']:.0%}")
-    readme_figures(load_points(args.data))
+    readme_figures(points)
     if args.kfold:
-        kfold(load_points(args.data), args.kfold, args.iters)
+        kfold(points, args.kfold, args.iters)
 
 
 def kfold(points: list[dict], k: int, iters: int) -> None:  # type: ignore[type-arg]

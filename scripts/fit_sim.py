@@ -18,9 +18,10 @@ from sloguard_lib.analysis.fidelity import DEFAULT_DATA, FITTED, compare, fit, l
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=300)
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", nargs="+", default=[str(DEFAULT_DATA)], metavar="FILE",
+                    help="calibration files and real studies' trial logs (benchmarks/sim_fidelity.py lists them)")
     args = ap.parse_args()
-    points = load_points(args.data)
+    points = [p for path in args.data for p in load_points(path)]
     cal = fit(points, iters=args.iters)
     for k in FITTED:
         print(f"    {k} = {getattr(cal, k):.4g}")

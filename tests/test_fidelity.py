@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -17,7 +18,9 @@ def _point(config: dict[str, Any], seed: int, throughput: float, concurrency: in
 def test_noise_floor_is_the_median_cv_of_loads_repeated_on_their_own_seeds() -> None:
     a, b = {"max_num_seqs": 64}, {"max_num_seqs": 128}
     points = [_point(a, 1, 90.0), _point(a, 2, 100.0), _point(a, 3, 110.0),  # cv 10 / 100 = 0.100
-              _point(b, 1, 200.0), _point(b, 2, 300.0),  # cv 70.71 / 250 = 0.283
+              _point(b, 1, 200.0), _point(b, 2, 300.0) | {"workload": {  # a default spelt out
+                  "concurrency": 32, "input_len": 512, "output_len": 128, "seed": 2, "api": "completions"}},
+              # cv 70.71 / 250 = 0.283
               _point(b, 1, 1000.0, concurrency=128),  # another shape, alone: no group
               {"name": "c", "config": a, "status": "crash"}]
     floor = fidelity.noise_floor(points)
@@ -51,3 +54,28 @@ def test_held_out_never_scores_a_point_with_a_fit_that_saw_its_config(monkeypatc
     configs = len({fidelity.config_of(p) for p in points})
     with pytest.raises(ValueError, match=f"2 <= k <= {configs}"):
         fidelity.held_out(points, configs + 1)
+
+
+STUDY = fidelity.DEFAULT_DATA.parent / "study" / "qwen2-1.5b_h100-80gb_vllm_tba-tpe_seed42.jsonl"
+
+
+def test_a_real_study_log_becomes_points_of_the_configs_it_launched(tmp_path: Any) -> None:
+    header, *trials = (json.loads(line) for line in STUDY.read_text().splitlines())
+    ok = trials[10] | {"params": trials[10]["params"] | {"max_num_batched_tokens": 600}}  # below max_model_len 1129
+    log = tmp_path / "study.jsonl"
+    lines = [header, ok, trials[3] | {"early_stop": {"reason": "slo"}}, trials[4] | {"status": "error"},
+             trials[5] | {"pending": [4]},
+             trials[6] | {"status": "crash", "crash_class": "oom", "metrics": {}}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    points = fidelity.load_points(log)
+    here = tmp_path.name
+    assert [(p["name"], p["status"]) for p in points] == [(f"{here}/t10", "ok"), (f"{here}/t6", "crash")]
+    assert points[0]["config"]["max_num_batched_tokens"] == 1129  # the auto-bump vLLM was launched with
+    assert points[0]["metrics"]["throughput_tok_s"] == trials[10]["metrics"]["throughput_tok_s"]
+    assert points[0]["workload"]["concurrency"] == 32 and points[0]["prefix_cache_fraction"] == 0.0
+    assert points[1]["crash_class"] == "oom"
+    rows = fidelity.compare(points)
+    assert {r.metric for r in rows} == {"kv_cache_tokens", "crash_class", *fidelity.METRICS}
+    log.write_text(json.dumps(header | {"objective": "capacity"}) + "\n" + json.dumps(ok) + "\n")
+    assert fidelity.load_points(log) == []  # a capacity record's metrics are of another load than the workload's
+    assert len(fidelity.load_points(STUDY)) == 15

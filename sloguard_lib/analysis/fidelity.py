@@ -1,7 +1,8 @@
 """How closely the simulator reproduces recorded real measurements.
 
 A recorded point is one JSON line of ``sloguard_lib/data/h100/calibration.jsonl`` (written by
-``scripts/device/calibrate.py``): a config, a workload and either the real metrics or the real crash.
+``scripts/device/calibrate.py``), or one trial of a real study's log (:func:`study_points`): a config, a workload
+and either the real metrics or the real crash.
 :func:`compare` replays every point on the ``sim`` backend and returns one row per (point, metric) with the
 relative error, plus one row per crash point with verdict agreement. Points whose prompts the real server
 had partly seen before (``prefix_cache_fraction`` > 0: prefix-cache hits the simulator does not model,
@@ -28,6 +29,8 @@ from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, latency_floor_ms, resolve_model
 from sloguard_lib.measure.metrics import summarize
 from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.space import SearchSpace
+from sloguard_lib.study.trial_log import read_log
 
 METRICS = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "throughput_tok_s")
 #: the latency constants :func:`fit` adjusts; memory and start-up constants are read off vLLM's logs instead
@@ -67,7 +70,37 @@ class Row:
 
 
 def load_points(path: str | Path = DEFAULT_DATA) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The points of a calibration file, or of a real study's trial log (:func:`study_points`)."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    if lines and json.loads(lines[0]).get("kind") == "study":
+        return study_points(path)
+    return [json.loads(line) for line in lines]
+
+
+def study_points(path: str | Path) -> list[dict[str, Any]]:
+    """A real study's trials as points: the config launched (:meth:`SearchSpace.finalize` of the proposal), the
+    study's workload, the trial's metrics or crash. These are the configs a tuner actually visits, each on a fresh
+    server (so nothing was prefix-cached from an earlier load; warm-ups use other prompts). Left out: simulated
+    studies, capacity studies (a record's metrics are of the highest load its search sustained, not the
+    workload's), loads stopped early (percentiles of a cut load), harness errors, and trials run beside another
+    worker (``pending`` in the record: on one shared GPU the two servers slow each other down)."""
+    log = read_log(path)
+    h = log.header
+    if h.get("backend") != "vllm" or h.get("objective") == "capacity":
+        return []
+    space = SearchSpace.from_dict(h["space"])
+    points: list[dict[str, Any]] = []
+    for r in log.trials:
+        if r.get("early_stop") or r["status"] == "error" or "pending" in r:
+            continue
+        point: dict[str, Any] = {"name": f"{Path(path).parent.name}/t{r['trial']}",
+                                 "config": space.finalize(r["params"]), "source": str(path)}
+        if r["status"] == "crash":
+            points.append(point | {"status": "crash", "crash_class": r["crash_class"]})
+        else:
+            points.append(point | {"status": "ok", "workload": h["workload"], "metrics": r["metrics"],
+                                   "kv_cache_tokens": r.get("kv_cache_tokens"), "prefix_cache_fraction": 0.0})
+    return points
 
 
 def compare(points: Iterable[dict[str, Any]], cal: SimCalibration = DEFAULT, *, model: str = "qwen2-1.5b",
@@ -87,8 +120,9 @@ def compare(points: Iterable[dict[str, Any]], cal: SimCalibration = DEFAULT, *, 
         server = engine.launch(p["config"], trial_seed=0)
         m = summarize(server.run_load(wl))
         cached = float(p.get("prefix_cache_fraction", 0.0))
-        rows.append(Row(p["name"], wl.concurrency, "kv_cache_tokens", float(server.info.kv_cache_tokens or 0),
-                        float(p["kv_cache_tokens"]), cached))
+        if p.get("kv_cache_tokens") is not None:
+            rows.append(Row(p["name"], wl.concurrency, "kv_cache_tokens", float(server.info.kv_cache_tokens or 0),
+                            float(p["kv_cache_tokens"]), cached))
         itl_floor_ms = latency_floor_ms(engine.model, engine.gpu, wl.input_len)[1]
         rows += [Row(p["name"], wl.concurrency, k, m[k], float(p["metrics"][k]), cached,
                      below_floor=k.startswith("itl") and float(p["metrics"][k]) < itl_floor_ms) for k in METRICS]
@@ -150,13 +184,14 @@ def held_out(points: list[dict[str, Any]], k: int, *, iters: int = 300, gpu: str
 
 
 def noise_floor(points: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per metric, the median coefficient of variation of repeated loads: the same config and load shape on
-    their own prompt seeds (groups of two or more), and how many groups. A simulator cannot be asked to be
-    closer to a real point than the real server is to itself."""
+    """Per metric, the median coefficient of variation of repeated loads: the same config and load shape, on
+    their own prompt seeds or on other servers (the same study setting run on another day; groups of two or more),
+    and how many groups. A simulator cannot be asked to be closer to a real point than the real server is to
+    itself."""
     groups: dict[str, list[dict[str, float]]] = {}
     for p in points:
-        if p["status"] == "ok":
-            shape = {k: v for k, v in p["workload"].items() if k != "seed"}
+        if p["status"] == "ok":  # the shape with every default filled in: older logs leave out newer fields
+            shape = {k: v for k, v in Workload.from_dict(p["workload"]).to_dict().items() if k != "seed"}
             groups.setdefault(config_of(p) + json.dumps(shape, sort_keys=True), []).append(p["metrics"])
     out: dict[str, dict[str, float]] = {}
     for metric in METRICS:
