@@ -5,7 +5,9 @@
 ``--data`` takes calibration files and real studies' trial logs alike (a study's trials are the configs a tuner
 actually visits; :func:`sloguard_lib.analysis.fidelity.study_points` says which of them count). Every real H100
 point so far: ``--data sloguard_lib/data/h100/calibration.jsonl sloguard_lib/data/h100/study/*.jsonl
-results/h100/trial_cost/*/*.jsonl results/h100/screen_real/*/*.jsonl``.
+results/h100/trial_cost/*/*.jsonl results/h100/screen_real/*/*.jsonl results/h100/capacity/*.jsonl``. A capacity
+study's log is scored by the capacity the sim finds for each of its configs (``fidelity.capacity_rows``; in sample,
+not in the k-fold).
 
 Prints sim, real and relative error per point and metric, then the median and worst |error| per metric
 (only target rows, see sloguard_lib/analysis/fidelity.py) and the crash-verdict agreement. These score the simulator on
@@ -18,7 +20,15 @@ from __future__ import annotations
 
 import argparse
 
-from sloguard_lib.analysis.fidelity import DEFAULT_DATA, compare, held_out, load_points, noise_floor, summary
+from sloguard_lib.analysis.fidelity import (
+    DEFAULT_DATA,
+    capacity_rows,
+    compare,
+    held_out,
+    load_points,
+    noise_floor,
+    summary,
+)
 from sloguard_lib.engine.calibration import H100_REFERENCE
 
 
@@ -29,7 +39,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=300, help="Nelder-Mead iterations of each fold's fit")
     args = ap.parse_args()
     points = [p for path in args.data for p in load_points(path)]
-    rows = compare(points)
+    rows = compare(points) + [r for path in args.data for r in capacity_rows(path)]
     print(f"{'point':24s} {'conc':>4s} {'metric':16s} {'sim':>12s} {'real':>12s} {'error':>8s}")
     for r in rows:
         err = "" if r.rel_error is None else f"{r.rel_error:+8.1%}"
@@ -42,7 +52,8 @@ def main() -> None:
     for metric, v in s.items():
         if isinstance(v, dict):
             print(f"{metric:18s} {v['median']:12.1%} {v['worst']:13.1%} {v['n']:8d}")
-    print(f"crash verdict agreement: {s['crash_agreement']:.0%}")
+    if s["crash_agreement"] is not None:
+        print(f"crash verdict agreement: {s['crash_agreement']:.0%}")
     readme_figures(points)
     if args.kfold:
         kfold(points, args.kfold, args.iters)
@@ -64,8 +75,9 @@ def kfold(points: list[dict], k: int, iters: int) -> None:  # type: ignore[type-
         if n and n["cv"] > 0.15:
             verdict += " (noise floor)"
         print(f"| {metric} | {v['median']:.1%} | {v['worst']:.1%} | {v['n']} | {floor} | {verdict} |")
-    print(f"| crash verdict | {s['crash_agreement']:.0%} agreement | | | | "
-          f"{'met' if s['crash_agreement'] == 1 else 'not met'} |")
+    if s["crash_agreement"] is not None:
+        print(f"| crash verdict | {s['crash_agreement']:.0%} agreement | | | | "
+              f"{'met' if s['crash_agreement'] == 1 else 'not met'} |")
 
 
 def readme_figures(points: list[dict]) -> None:  # type: ignore[type-arg]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,3 +80,20 @@ def test_a_real_study_log_becomes_points_of_the_configs_it_launched(tmp_path: An
     log.write_text(json.dumps(header | {"objective": "capacity"}) + "\n" + json.dumps(ok) + "\n")
     assert fidelity.load_points(log) == []  # a capacity record's metrics are of another load than the workload's
     assert len(fidelity.load_points(STUDY)) == 15
+
+
+CAPACITY = Path(__file__).resolve().parents[1] / "results" / "h100" / "capacity" / (
+    "qwen2-1.5b_h100-80gb_vllm_tba-tpe_capacity_seed42.jsonl")
+
+
+def test_a_real_capacity_map_is_searched_again_on_the_sim_config_by_config() -> None:
+    trials = [json.loads(line) for line in CAPACITY.read_text().splitlines()][1:]
+    rows = fidelity.capacity_rows(CAPACITY)
+    assert [(r.name, r.real) for r in rows] == [(f"capacity/t{t['trial']}", t["capacity"]["level"]) for t in trials]
+    by_seqs = {t["params"]["max_num_seqs"]: r for t, r in zip(trials, rows, strict=True)
+               if t["params"]["max_num_batched_tokens"] > 5000}
+    # queueing-bound: a wide token budget sustains max_num_seqs, on the real server and on the sim alike
+    assert by_seqs[80].real == 80 and isinstance(by_seqs[80].sim, float) and abs(by_seqs[80].sim - 80) <= 2
+    assert by_seqs[11].sim == by_seqs[11].real == 11
+    assert fidelity.summary(rows)["capacity"]["n"] == 10
+    assert fidelity.capacity_rows(STUDY) == [] and fidelity.load_points(CAPACITY) == []

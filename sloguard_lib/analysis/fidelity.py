@@ -27,7 +27,10 @@ from sloguard_lib.engine.base import EngineCrash
 from sloguard_lib.engine.calibration import DEFAULT, SimCalibration
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, latency_floor_ms, resolve_model
+from sloguard_lib.measure.capacity import CapacitySearch, Probe
+from sloguard_lib.measure.capacity import summary as capacity_summary
 from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.slo import SLO
 from sloguard_lib.measure.workload import Workload
 from sloguard_lib.study.space import SearchSpace
 from sloguard_lib.study.trial_log import read_log
@@ -129,10 +132,43 @@ def compare(points: Iterable[dict[str, Any]], cal: SimCalibration = DEFAULT, *, 
     return rows
 
 
+def capacity_rows(path: str | Path, cal: SimCalibration = DEFAULT) -> list[Row]:
+    """A real capacity study's map against the simulator's: every config the study searched is searched again on
+    the sim of the study's model and GPU, with the same target, top level and first probe, one row per config
+    (metric ``capacity``: the level sustained; the sim's crash class where it would not start). Capacity is what
+    ``--objective capacity`` ranks by, and it hangs on queueing more than on step costs."""
+    log = read_log(path)
+    h = log.header
+    if h.get("backend") != "vllm" or h.get("objective") != "capacity":
+        return []
+    engine = SimEngine(resolve_model(h["model"]), get_gpu(h["gpu"]), cal=cal)
+    space, slo, wl = SearchSpace.from_dict(h["space"]), SLO.from_dict(h["slo"]), Workload.from_dict(h["workload"])
+    rows: list[Row] = []
+    for r in log.trials:
+        if "capacity" not in r:  # a crash searched nothing
+            continue
+        search = CapacitySearch(h["capacity_target"], start=r["capacity"]["start"], max_level=h["capacity_max"])
+        sim: float | str
+        try:
+            server = engine.launch(space.finalize(r["params"]), trial_seed=0)
+        except EngineCrash as c:
+            sim = c.crash_class
+        else:
+            probes: list[Probe] = []
+            try:
+                search.run(server, wl, slo, probes)
+            finally:
+                server.close()
+            sim = float(capacity_summary(probes, search, wl)["level"])
+        rows.append(Row(f"{Path(path).parent.name}/t{r['trial']}", wl.concurrency, "capacity", sim,
+                        float(r["capacity"]["level"]), 0.0))
+    return rows
+
+
 def summary(rows: list[Row]) -> dict[str, Any]:
     """Median and worst |relative error| per metric over target rows, and crash-verdict agreement."""
     out: dict[str, Any] = {}
-    for metric in ("kv_cache_tokens", *METRICS):
+    for metric in ("kv_cache_tokens", *METRICS, "capacity"):
         errs = [abs(e) for r in rows if r.metric == metric and r.is_target and (e := r.rel_error) is not None]
         if errs:
             out[metric] = {"median": statistics.median(errs), "worst": max(errs), "n": len(errs)}
