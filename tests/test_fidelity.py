@@ -96,4 +96,5 @@ def test_a_real_capacity_map_is_searched_again_on_the_sim_config_by_config() -> 
     assert by_seqs[80].real == 80 and isinstance(by_seqs[80].sim, float) and abs(by_seqs[80].sim - 80) <= 2
     assert by_seqs[11].sim == by_seqs[11].real == 11
     assert fidelity.summary(rows)["capacity"]["n"] == 10
-    assert fidelity.capacity_rows(STUDY) == [] and fidelity.load_points(CAPACITY) == []
+    assert fidelity.capacity_rows(STUDY) == fidelity.capacity_rows(fidelity.DEFAULT_DATA) == []
+    assert fidelity.load_points(CAPACITY) == []

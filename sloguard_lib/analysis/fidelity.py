@@ -74,10 +74,15 @@ class Row:
 
 def load_points(path: str | Path = DEFAULT_DATA) -> list[dict[str, Any]]:
     """The points of a calibration file, or of a real study's trial log (:func:`study_points`)."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    if lines and json.loads(lines[0]).get("kind") == "study":
+    if is_study_log(path):
         return study_points(path)
-    return [json.loads(line) for line in lines]
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def is_study_log(path: str | Path) -> bool:
+    with Path(path).open() as f:
+        first = f.readline()
+    return bool(first.strip()) and json.loads(first).get("kind") == "study"
 
 
 def study_points(path: str | Path) -> list[dict[str, Any]]:
@@ -136,7 +141,9 @@ def capacity_rows(path: str | Path, cal: SimCalibration = DEFAULT) -> list[Row]:
     """A real capacity study's map against the simulator's: every config the study searched is searched again on
     the sim of the study's model and GPU, with the same target, top level and first probe, one row per config
     (metric ``capacity``: the level sustained; the sim's crash class where it would not start). Capacity is what
-    ``--objective capacity`` ranks by, and it hangs on queueing more than on step costs."""
+    ``--objective capacity`` ranks by, and it hangs on queueing more than on step costs. Nothing for other files."""
+    if not is_study_log(path):
+        return []
     log = read_log(path)
     h = log.header
     if h.get("backend") != "vllm" or h.get("objective") != "capacity":
