@@ -81,3 +81,15 @@ def test_a_screen_that_keeps_failing_hands_the_study_to_the_plain_optimizer(tmp_
             break
         opt.tell(p.params, Outcome("ok", 1.0, metrics={}))  # every prediction far off
     assert p.phase == "fallback" and p.screen is not None and p.screen["error"] > 0.5
+
+
+def test_a_capacity_study_is_screened_by_the_capacity_the_sim_predicts(tmp_path: Path) -> None:
+    """The screen must predict what the study ranks by: a level sustained, not a goodput at the workload's load."""
+    study = run_study(_spec(4, objective="capacity", capacity_max=128), tmp_path)
+    predicted = [(t["screen"]["predicted_utility"], t["capacity"]["level"]) for t in study.trials
+                 if "predicted_utility" in t["screen"] and "capacity" in t]
+    assert len(predicted) >= 3 and all(guess <= 128 for guess, _ in predicted), predicted  # levels, not tok/s
+    # capacity hangs on max_num_seqs more than on the screen's 40 % wrong step costs: most guesses are right
+    errors = sorted(abs(guess - level) / max(guess, level) for guess, level in predicted)
+    assert errors[len(errors) // 2] <= 0.1, predicted
+    assert not any(t["phase"] == "fallback" for t in study.trials)

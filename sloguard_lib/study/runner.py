@@ -268,7 +268,9 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
         optimizer = ScreenedOptimizer(
             lambda s: make_optimizer(spec.optimizer, space, s, budget=spec.budget, prior=prior), space, spec.seed,
             model=resolve_model(spec.model), gpu=get_gpu(spec.gpu), workload=spec.workload, slo=spec.slo,
-            cal=spec.screen_cal, screen_trials=spec.screen_trials)
+            cal=spec.screen_cal, screen_trials=spec.screen_trials,
+            capacity=CapacitySearch(spec.capacity_target, max_level=spec.capacity_max)
+            if spec.objective == "capacity" else None)
     done: list[dict[str, Any]] = []
     logged_budget = spec.budget
     if path.exists() and (path.is_dir() or not holds_no_record(path)):
