@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,17 @@ def test_cli_tune_on_replayed_real_data(tmp_path: Path, capsys: pytest.CaptureFi
     assert "study summary" in out
     approximate = sum(t["engine_info"]["approximate"] for t in trials if t["status"] != "crash")
     assert approximate > 0 and "approximate answers" in out and f"{approximate} of 8 trials" in out
+
+
+def test_a_capacity_study_on_replay_stops_at_the_first_probe_it_cannot_answer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Replay answers the recorded loads only; a capacity search probes other levels (it used to log every trial as
+    an 'error' record and exit 0 with "none met the SLO")."""
+    code = main(["tune", "--backend", "replay", "--model", "qwen2-1.5b", "--gpu", "h100-80gb", "--budget", "3",
+                 "--workload", "concurrency=32,num_requests=128", "--objective", "capacity", "--out", str(tmp_path),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(r"capacity probe at concurrency \d+: replay has no recorded load of the work", err)
+    assert len(err.strip().splitlines()) == 1
+    (log,) = tmp_path.glob("*.jsonl")
+    assert [json.loads(line)["kind"] for line in log.read_text().splitlines()] == ["study"]  # no trial record

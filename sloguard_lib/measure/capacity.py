@@ -96,7 +96,10 @@ class CapacitySearch:
         growth = NEAR_STEP if self.start is not None else 2.0
         while len(probes) < MAX_PROBES:
             wl = self.probe_workload(workload, level, len(probes))
-            probe = self._probe(server, wl, slo, level)
+            try:
+                probe = self._probe(server, wl, slo, level)
+            except InputError as e:
+                raise InputError(f"capacity probe at {unit} {level:g}: {e}") from None
             probes.append(probe)
             if probe.passed:
                 passed_at = level

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from sloguard_lib.engine.base import Engine, EngineCrash, Server
+from sloguard_lib.errors import InputError
 from sloguard_lib.measure.capacity import CapacitySearch, Probe, judged
 from sloguard_lib.measure.capacity import summary as capacity_summary
 from sloguard_lib.measure.confidence import load_goodput, trial_interval
@@ -60,6 +61,8 @@ def evaluate(
     except EngineCrash as crash:
         spent = info.start_s + _loaded_s(loads) + _loaded_s([p.load for p in probes])
         return rec | _crash_fields(crash) | {"gpu_seconds": spent + crash.elapsed_s, "wall_s": time.perf_counter() - t0}
+    except InputError:  # the user's input, the same for every trial (replay has no load at that level): stop
+        raise
     except Exception as e:  # a harness failure: record it, keep the study alive
         return rec | {"status": "error", "crash_message": f"{type(e).__name__}: {e}",
                       "gpu_seconds": info.start_s + _loaded_s(loads) + _loaded_s([p.load for p in probes]),
