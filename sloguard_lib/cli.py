@@ -331,17 +331,17 @@ def _print_summary(result: StudyResult, console: Console) -> None:
         if cap:
             top = cap["interval"][1]
             bound = f"fails at {top:g}" if top else "the highest level searched"
-            table.add_row("capacity", f"{cap['level']:g} {cap['unit']} with >= {100 * cap['target']:g} % of requests "
-                          f"in the SLO ({bound})")
+            table.add_row("capacity", f"{_load(cap['level'], cap['unit'])} with >= {100 * cap['target']:g} % of "
+                          f"requests in the SLO ({bound})")
         else:
             table.add_row("goodput", f"{m['goodput_tok_s']:,.0f} tok/s ({m['goodput_req_s']:.2f} req/s)")
         lo, hi = best["interval"]
         how = {True: f"re-measured on {best['measurements']} fresh loads", None: f"{best['measurements']} trial(s)",
                False: "no finalist met the SLO again: the study's own ranking"}[best["validated"]]
         if not cap or best["validated"]:  # a capacity's own interval is its bracket, above
-            unit = cap["unit"] if cap else "tok/s"
+            mean = _load(best["mean_utility"], cap["unit"]) if cap else f"{best['mean_utility']:,.0f} tok/s"
             table.add_row(f"expected {'capacity' if cap else 'goodput'}",
-                          f"{best['mean_utility']:,.0f} {unit}, 95 % interval {lo:,.0f} - {hi:,.0f} ({how})")
+                          f"{mean}, 95 % interval {lo:,.0f} - {hi:,.0f} ({how})")
         table.add_row("TTFT p50 / p99", f"{m['ttft_p50_ms']:.1f} / {m['ttft_p99_ms']:.1f} ms")
         table.add_row("ITL p50 / p99", f"{m['itl_p50_ms']:.2f} / {m['itl_p99_ms']:.2f} ms")
         table.add_row("throughput", f"{m['throughput_tok_s']:,.0f} tok/s")
@@ -360,9 +360,14 @@ def _print_summary(result: StudyResult, console: Console) -> None:
         for col in ("load sustained", "fails at", "config"):
             cmap.add_column(col)
         for r in rows[:5]:
-            cmap.add_row(f"{r['level']:g} {r['unit']}", f"{r['interval'][1]:g}" if r["interval"][1] else "-",
+            cmap.add_row(_load(r["level"], r["unit"]), f"{r['interval'][1]:g}" if r["interval"][1] else "-",
                          json.dumps(r["config"]))
         console.print(cmap)
+
+
+def _load(level: float, unit: str) -> str:
+    """A load level as a reader says it: '91 concurrent' (closed loop), '60 requests/s' (open loop)."""
+    return f"{level:,.0f} concurrent" if unit == "concurrency" else f"{level:,.4g} requests/s"
 
 
 def _closest_miss(trials: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from sloguard_lib.measure.capacity import CapacitySearch, Probe, capacity_map
 from sloguard_lib.measure.metrics import LoadResult, RequestResult
 from sloguard_lib.measure.slo import SLO
 from sloguard_lib.measure.workload import Workload
+from sloguard_lib.study.incumbent import recommend
 from sloguard_lib.study.runner import StudySpec, run_study
 from sloguard_lib.study.space import config_key
 from sloguard_lib.study.trial import evaluate
@@ -84,6 +85,17 @@ def test_a_capacity_study_starts_each_search_where_earlier_ones_predict_and_maps
     assert rows[0]["level"] == max(min(v) for v in by_config.values())  # sustained: every time it was searched
     assert [r["level"] for r in rows] == sorted((r["level"] for r in rows), reverse=True)
     assert sum(r["searches"] for r in rows) == sum(1 for t in trials if t.get("capacity"))
+
+
+def test_a_validated_capacity_is_reported_in_its_own_unit(tmp_path: Path) -> None:
+    """One re-measurement of a finalist: its interval is its capacity bracket (it was the goodput's, in tok/s)."""
+    spec = StudySpec(model="qwen2-1.5b", gpu="a100-40gb", optimizer="tba-tpe", budget=4, workload=WL,
+                     objective="capacity", validate=1)
+    result = run_study(spec, tmp_path)
+    best = recommend(result.trials)
+    assert best is not None and best["validated"] is True and best["measurements"] == 1
+    cap = best["capacity"]
+    assert best["interval"] == [cap["level"], cap["interval"][1]] and cap["level"] < cap["interval"][1] < 1000
 
 
 @pytest.mark.parametrize(("target", "top"), [(1.0, None), (0.0, None), (math.nan, None), (0.9, 0.0), (0.9, 1e9)])

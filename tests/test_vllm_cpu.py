@@ -202,7 +202,7 @@ def test_capacity_mode_brackets_a_real_server_on_one_start(vllm_env: dict[str, s
                                                                                    (8, True, 24)]
     assert trial["status"] == "ok" and trial["utility"] == cap["level"] == 8 and cap["interval"] == [8, None]
     assert trial["metrics"]["requests_ok"] == 24  # the metrics of the highest level sustained
-    assert "8 concurrency" in done.stdout and any((tmp_path / "runs").glob("*_capacity.csv"))
+    assert "8 concurrent" in done.stdout and any((tmp_path / "runs").glob("*_capacity.csv"))
     assert vllm_processes() == []
 
 

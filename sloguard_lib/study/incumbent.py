@@ -45,12 +45,15 @@ def config_interval(records: Sequence[Mapping[str, Any]]) -> tuple[float, float,
     """(mean, low, high, loads) of one config's goodput over every load of its trials: the t-interval from two
     loads on (:mod:`sloguard_lib.measure.confidence`), else its one trial's own interval. A trial that missed the
     SLO counts at its penalised utility, so a finalist that misses on re-measurement falls behind one that holds; a
-    capacity trial by the load it sustained (its utility)."""
+    capacity trial by the load it sustained (its utility), one search alone with its bracket as the interval (not
+    its goodput's, which is in tok/s)."""
     values = [r["utility"] if r["status"] != "ok" or r.get("capacity") else g for r in records
               for g in r.get("goodput_loads_tok_s") or [r["utility"]]]
     if len(values) > 1:
         lo, hi = t_interval(values)
         return sum(values) / len(values), lo, hi, len(values)
+    if cap := records[0].get("capacity"):  # one search: the capacity lies in its bracket [sustained, failed)
+        return values[0], values[0], cap["interval"][1] or values[0], 1
     lo, hi = records[0].get("goodput_ci95_tok_s") or (values[0], values[0])
     return values[0], lo, hi, 1
 
