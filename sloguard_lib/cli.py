@@ -336,12 +336,17 @@ def _print_summary(result: StudyResult, console: Console) -> None:
         else:
             table.add_row("goodput", f"{m['goodput_tok_s']:,.0f} tok/s ({m['goodput_req_s']:.2f} req/s)")
         lo, hi = best["interval"]
-        how = {True: f"re-measured on {best['measurements']} fresh loads", None: f"{best['measurements']} trial(s)",
+        n = best["measurements"]
+        fresh = f"{n} fresh search{'es' if n != 1 else ''}" if cap else f"{n} fresh load{'s' if n != 1 else ''}"
+        how = {True: f"re-measured: {fresh}", None: f"{n} trial(s)",
                False: "no finalist met the SLO again: the study's own ranking"}[best["validated"]]
         if not cap or best["validated"]:  # a capacity's own interval is its bracket, above
             mean = _load(best["mean_utility"], cap["unit"]) if cap else f"{best['mean_utility']:,.0f} tok/s"
-            table.add_row(f"expected {'capacity' if cap else 'goodput'}",
-                          f"{mean}, 95 % interval {lo:,.0f} - {hi:,.0f} ({how})")
+            spread = "bracket" if cap and n == 1 else "95 % interval"  # one search: its bracket
+            bounds = f"{spread} {lo:g} - {hi:g}" if cap else f"{spread} {lo:,.0f} - {hi:,.0f}"
+            if lo == hi and not cap:  # one load whose every request met the SLO: requests resampled do not vary
+                bounds = "no spread measured (one load; --workload repeats=3 or --validate K measure one)"
+            table.add_row(f"expected {'capacity' if cap else 'goodput'}", f"{mean}, {bounds} ({how})")
         table.add_row("TTFT p50 / p99", f"{m['ttft_p50_ms']:.1f} / {m['ttft_p99_ms']:.1f} ms")
         table.add_row("ITL p50 / p99", f"{m['itl_p50_ms']:.2f} / {m['itl_p99_ms']:.2f} ms")
         table.add_row("throughput", f"{m['throughput_tok_s']:,.0f} tok/s")
