@@ -80,6 +80,7 @@ def load_points(path: str | Path = DEFAULT_DATA) -> list[dict[str, Any]]:
 
 
 def is_study_log(path: str | Path) -> bool:
+    """A trial log starts with its study header; a calibration file with a point."""
     with Path(path).open() as f:
         first = f.readline()
     return bool(first.strip()) and json.loads(first).get("kind") == "study"
