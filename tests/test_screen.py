@@ -11,6 +11,7 @@ import pytest
 from sloguard_lib.engine.calibration import DEFAULT
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
+from sloguard_lib.measure.capacity import CapacitySearch
 from sloguard_lib.measure.slo import SLO
 from sloguard_lib.measure.workload import Workload
 from sloguard_lib.optimizers import Outcome, make_optimizer
@@ -93,3 +94,12 @@ def test_a_capacity_study_is_screened_by_the_capacity_the_sim_predicts(tmp_path:
     errors = sorted(abs(guess - level) / max(guess, level) for guess, level in predicted)
     assert errors[len(errors) // 2] <= 0.1, predicted
     assert not any(t["phase"] == "fallback" for t in study.trials)
+
+
+def test_a_real_capacity_trial_that_sustained_nothing_is_scored_but_not_refitted_to() -> None:
+    """Its metrics are of the lowest level probed, not of a load it sustained (level 0 is no load to simulate)."""
+    space = default_space("qwen2-1.5b", "a100-40gb", WL)
+    opt = ScreenedOptimizer(lambda s: make_optimizer("random", space, s), space, 0, model=MODEL, gpu=GPU,
+                            workload=WL, slo=SLO(500, 100), cal=WRONG, screen_trials=3, capacity=CapacitySearch(0.99))
+    opt.tell({"max_num_seqs": 8}, Outcome("slo_violation", 0.0, None, {"itl_p50_ms": 5.0, "ttft_p50_ms": 900.0}))
+    assert len(opt.errors) == 1 and opt.cal == WRONG

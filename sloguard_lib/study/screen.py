@@ -155,6 +155,8 @@ class ScreenedOptimizer:
             m = outcome.metrics or {}
             if outcome.utility is None or not m.get("itl_p50_ms") or not m.get("ttft_p50_ms"):
                 continue
+            if self.capacity is not None and not outcome.utility:  # sustained nothing: its metrics are of the
+                continue  # lowest level tried, which the outcome does not say
             # a capacity trial's metrics are of the highest load it sustained: simulate that load
             wl = self.workload if self.capacity is None else self.capacity.probe_workload(
                 self.workload, outcome.utility, 0)
