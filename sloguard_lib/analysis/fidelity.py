@@ -33,7 +33,7 @@ from sloguard_lib.measure.metrics import summarize
 from sloguard_lib.measure.slo import SLO
 from sloguard_lib.measure.workload import Workload
 from sloguard_lib.study.space import SearchSpace
-from sloguard_lib.study.trial_log import read_log
+from sloguard_lib.study.trial_log import LogContents, read_log
 
 METRICS = ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "throughput_tok_s")
 #: the latency constants :func:`fit` adjusts; memory and start-up constants are read off vLLM's logs instead
@@ -86,6 +86,18 @@ def is_study_log(path: str | Path) -> bool:
     return bool(first.strip()) and json.loads(first).get("kind") == "study"
 
 
+def _real_study(path: str | Path) -> LogContents | None:
+    """The log of a study run on real vLLM; None for a calibration file or a simulated study."""
+    if not is_study_log(path):
+        return None
+    log = read_log(path)
+    return log if log.header.get("backend") == "vllm" else None
+
+
+def _trial_name(path: str | Path, trial: dict[str, Any]) -> str:
+    return f"{Path(path).parent.name}/t{trial['trial']}"
+
+
 def study_points(path: str | Path) -> list[dict[str, Any]]:
     """A real study's trials as points: the config launched (:meth:`SearchSpace.finalize` of the proposal), the
     study's workload, the trial's metrics or crash. These are the configs a tuner actually visits, each on a fresh
@@ -93,17 +105,17 @@ def study_points(path: str | Path) -> list[dict[str, Any]]:
     studies, capacity studies (a record's metrics are of the highest load its search sustained, not the
     workload's), loads stopped early (percentiles of a cut load), harness errors, and trials run beside another
     worker (``pending`` in the record: on one shared GPU the two servers slow each other down)."""
-    log = read_log(path)
-    h = log.header
-    if h.get("backend") != "vllm" or h.get("objective") == "capacity":
+    log = _real_study(path)
+    if log is None or log.header.get("objective") == "capacity":
         return []
+    h = log.header
     space = SearchSpace.from_dict(h["space"])
     points: list[dict[str, Any]] = []
     for r in log.trials:
         if r.get("early_stop") or r["status"] == "error" or "pending" in r:
             continue
-        point: dict[str, Any] = {"name": f"{Path(path).parent.name}/t{r['trial']}",
-                                 "config": space.finalize(r["params"]), "source": str(path)}
+        point: dict[str, Any] = {"name": _trial_name(path, r), "config": space.finalize(r["params"]),
+                                 "source": str(path)}
         if r["status"] == "crash":
             points.append(point | {"status": "crash", "crash_class": r["crash_class"]})
         else:
@@ -143,12 +155,10 @@ def capacity_rows(path: str | Path, cal: SimCalibration = DEFAULT) -> list[Row]:
     the sim of the study's model and GPU, with the same target, top level and first probe, one row per config
     (metric ``capacity``: the level sustained; the sim's crash class where it would not start). Capacity is what
     ``--objective capacity`` ranks by, and it hangs on queueing more than on step costs. Nothing for other files."""
-    if not is_study_log(path):
+    log = _real_study(path)
+    if log is None or log.header.get("objective") != "capacity":
         return []
-    log = read_log(path)
     h = log.header
-    if h.get("backend") != "vllm" or h.get("objective") != "capacity":
-        return []
     engine = SimEngine(resolve_model(h["model"]), get_gpu(h["gpu"]), cal=cal)
     space, slo, wl = SearchSpace.from_dict(h["space"]), SLO.from_dict(h["slo"]), Workload.from_dict(h["workload"])
     rows: list[Row] = []
@@ -168,8 +178,7 @@ def capacity_rows(path: str | Path, cal: SimCalibration = DEFAULT) -> list[Row]:
             finally:
                 server.close()
             sim = float(capacity_summary(probes, search, wl)["level"])
-        rows.append(Row(f"{Path(path).parent.name}/t{r['trial']}", wl.concurrency, "capacity", sim,
-                        float(r["capacity"]["level"]), 0.0))
+        rows.append(Row(_trial_name(path, r), wl.concurrency, "capacity", sim, float(r["capacity"]["level"]), 0.0))
     return rows
 
 
