@@ -38,7 +38,7 @@ import numpy as np
 
 from sloguard_lib.analysis.stats import paired_diff_pct
 from sloguard_lib.engine import make_engine, placement
-from sloguard_lib.engine.vllm import metric_sums
+from sloguard_lib.engine.vllm import LOAD_STATS, metric_sums, server_view
 from sloguard_lib.hardware import get_gpu, resolve_model
 from sloguard_lib.measure.metrics import summarize
 from sloguard_lib.measure.workload import Workload
@@ -63,15 +63,10 @@ OURS: dict[str, dict[str, Any]] = {
     "sloguard-text": {"prompt_text": True}}
 #: ``vllm bench serve`` as is (server-default temperature), and with ``--temperature 0`` (greedy)
 THEIRS: dict[str, list[str]] = {"vllm": [], "vllm-t0": ["--temperature", "0"]}
-#: server counters read from ``/metrics`` around every load: both clients must make the server do the same work
-#: (prompt and generated tokens, cache hits, preemptions, engine steps), and its own latency histograms tell the
-#: server's share of a client's TTFT/ITL from the client's
-COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:prefix_cache_hits_total",
-            "vllm:prefix_cache_queries_total", "vllm:num_preemptions_total", "vllm:request_success_total",
-            "vllm:iteration_tokens_total_count", "vllm:iteration_tokens_total_sum",
-            "vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count",
-            "vllm:inter_token_latency_seconds_sum", "vllm:inter_token_latency_seconds_count",
-            "vllm:request_queue_time_seconds_sum", "vllm:request_prefill_time_seconds_sum",
+#: server counters read from ``/metrics`` around every load (a trial's, ``LOAD_STATS``, and the prefill and
+#: decode times): both clients must make the server do the same work, and its own clock tells the server's share
+#: of a client's TTFT/ITL from the client's
+COUNTERS = (*LOAD_STATS, "vllm:time_to_first_token_seconds_count", "vllm:request_prefill_time_seconds_sum",
             "vllm:request_decode_time_seconds_sum")
 
 
@@ -114,19 +109,17 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def server_view(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """What the server did during one load, from two ``counters`` readings."""
-    d = {k: after[k] - before[k] for k in COUNTERS}
+    v, d = server_view(before, after), {k: after[k] - before[k] for k in COUNTERS}
     per = lambda s, c: 1000 * d[s] / d[c] if d[c] else float("nan")  # noqa: E731
-    n = d["vllm:request_success_total"] or float("nan")
-    return {"srv_prompt_tokens": d["vllm:prompt_tokens_total"],
-            "srv_generation_tokens": d["vllm:generation_tokens_total"],
-            "srv_prefix_hit_tokens": d["vllm:prefix_cache_hits_total"],
-            "srv_preemptions": d["vllm:num_preemptions_total"],
-            "srv_requests": d["vllm:request_success_total"], "srv_steps": d["vllm:iteration_tokens_total_count"],
+    n = v["requests"] or float("nan")
+    return {"srv_prompt_tokens": v["prompt_tokens"], "srv_generation_tokens": v["generation_tokens"],
+            "srv_prefix_hit_tokens": v["prefix_hit_tokens"], "srv_preemptions": v["num_preemptions"],
+            "srv_requests": v["requests"], "srv_steps": v["steps"],
             "srv_ttft_mean_ms": per("vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count"),
             "srv_itl_mean_ms": per("vllm:inter_token_latency_seconds_sum", "vllm:inter_token_latency_seconds_count"),
-            "srv_queue_mean_ms": 1000 * d["vllm:request_queue_time_seconds_sum"] / n,
+            "srv_queue_mean_ms": 1000 * v["queue_s"] / n,
             "srv_prefill_mean_ms": 1000 * d["vllm:request_prefill_time_seconds_sum"] / n,
             "srv_decode_mean_ms": 1000 * d["vllm:request_decode_time_seconds_sum"] / n}
 #: ``vllm bench serve`` itself, minus the CLI wrapper (which looks up the distribution ``vllm``: the CPU build's is
@@ -268,7 +261,7 @@ def main() -> None:
                         full = summarize(load)
                         m = {k: full[k] for k in (*METRICS, *EXTRA)} | {"tokens_per_chunk": tokens_per_chunk(
                             (r.output_tokens, len(r.itl_s)) for r in load.requests if r.ok)}
-                    srv = server_view(c0, counters(server.metrics_text()))
+                    srv = server_side(c0, counters(server.metrics_text()))
                     cpu = {k: v - cpu0[k] for k, v in cpu_snapshot(pids, me).items()}
                     row = {"client": client, "concurrency": conc, "round": rnd, "seed": seed,
                            "wall_s": time.perf_counter() - t0, **m, **srv, **cpu}

@@ -391,10 +391,7 @@ class VllmServer:
         if any((r.error or "").startswith(STALL) for r in errors):
             raise EngineCrash("runtime_hang", next(r.error for r in errors if r.error), elapsed_s=elapsed,
                               phase="load")
-        after = metric_sums(self.metrics_text(), LOAD_STATS)
-        preemptions, kv_usage = LOAD_STATS
-        load.engine_stats = {"num_preemptions": after.get(preemptions, 0.0) - before.get(preemptions, 0.0),
-                             "kv_cache_usage_peak": after.get(kv_usage, float("nan"))}
+        load.engine_stats = server_view(before, metric_sums(self.metrics_text(), LOAD_STATS))
         return load
 
     def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
@@ -419,7 +416,30 @@ class VllmServer:
                 self.info.extra["phases"] = self.clock.phases()
 
 
-LOAD_STATS = ("vllm:num_preemptions_total", "vllm:kv_cache_usage_perc")  # read around every load
+#: what the server says it did during a load, read from ``/metrics`` around it -> the load's ``engine_stats`` key.
+#: All are sums over the load (so back-to-back loads pool by adding them), but the KV-cache peak. The work (engine
+#: steps, the tokens they scheduled, prefix-cache hits) and the server's own clock (time requests queued, its
+#: TTFT and inter-token gaps) tell the server's share of what the client measured from the client's: on the H200
+#: the client TTFT above the server's told a client that could not keep up (issue #23), and a config whose steps
+#: are slow from one that runs more of them (issue #16)
+SERVER_STATS = {
+    "num_preemptions": "vllm:num_preemptions_total", "steps": "vllm:iteration_tokens_total_count",
+    "step_tokens": "vllm:iteration_tokens_total_sum", "prompt_tokens": "vllm:prompt_tokens_total",
+    "generation_tokens": "vllm:generation_tokens_total", "prefix_hit_tokens": "vllm:prefix_cache_hits_total",
+    "requests": "vllm:request_success_total", "queue_s": "vllm:request_queue_time_seconds_sum",
+    "server_ttft_s": "vllm:time_to_first_token_seconds_sum", "server_itl_s": "vllm:inter_token_latency_seconds_sum",
+    "server_itl_count": "vllm:inter_token_latency_seconds_count"}
+KV_USAGE = "vllm:kv_cache_usage_perc"
+LOAD_STATS = (*SERVER_STATS.values(), KV_USAGE)
+
+
+def server_view(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """A load's ``engine_stats`` from the ``metric_sums`` of ``LOAD_STATS`` read before and after it: each
+    ``SERVER_STATS`` counter's increase (those this vLLM does not export are left out) and the KV-cache usage
+    when it ended, as its peak."""
+    out = {k: after[name] - before.get(name, 0.0) for k, name in SERVER_STATS.items() if name in after}
+    out.setdefault("num_preemptions", 0.0)
+    return out | {"kv_cache_usage_peak": after.get(KV_USAGE, float("nan"))}
 
 
 def metric_sums(text: str, names: tuple[str, ...]) -> dict[str, float]:
