@@ -112,6 +112,18 @@ def test_tiny_kv_cache_preempts_and_slows_down() -> None:
     assert summarize(tight)["throughput_tok_s"] < 0.5 * summarize(roomy)["throughput_tok_s"]
 
 
+def test_the_sim_counts_engine_steps_as_vllm_does(h100_qwen: SimEngine) -> None:
+    """``engine_steps`` / ``engine_step_tokens``, the counters a real load reads off ``/metrics``: one request alone is
+    one prefill step (its prompt, and its first token) and a decode step per further token; two 512-token prompts
+    under a 768-token chunked budget take two steps to prefill the second."""
+    one = h100_qwen.launch(REF_CONFIG, trial_seed=1).run_load(Workload(concurrency=1, num_requests=1, input_len=512,
+                                                                output_len=128)).engine_stats
+    assert (one["steps"], one["step_tokens"]) == (128, 512 + 127)
+    two = h100_qwen.launch(REF_CONFIG | {"max_num_batched_tokens": 768, "max_num_seqs": 8}, trial_seed=1).run_load(
+        Workload(concurrency=2, num_requests=2, input_len=512, output_len=4)).engine_stats
+    assert two["step_tokens"] == 2 * (512 + 3) and two["steps"] == 5  # 512+256 | 256+1 | then 3 decode steps
+
+
 def test_prefix_caching_skips_shared_prefill(h100_qwen: SimEngine) -> None:
     wl = Workload(concurrency=4, num_requests=40, input_len=2048, output_len=16, shared_prefix=0.9)
     cached = run(h100_qwen, {"max_model_len": 4096, "enable_prefix_caching": True}, wl)

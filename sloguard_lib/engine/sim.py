@@ -273,6 +273,8 @@ class _Simulation:
         self.prefix_blocks = 0  # full blocks of the shared prefix that are resident in the prefix cache
         self.prefix_refs = 0
         self.preemptions = 0
+        self.steps = 0
+        self.step_tokens = 0
         self.peak_used = 0
         self._cost_constants()
 
@@ -474,6 +476,8 @@ class _Simulation:
             dt = (max(compute, memory) + overhead) * self.trial_factor * self.noise[self.noise_i]
             self.noise_i += 1
             now += dt
+            self.steps += 1
+            self.step_tokens += tokens
             used = self.total_blocks - self.free_blocks
             self.peak_used = max(self.peak_used, used)
 
@@ -513,7 +517,8 @@ class _Simulation:
         ordered = [results[r.index] for r in reqs if r.index in results]
         used_frac = self.peak_used / self.total_blocks if self.total_blocks else 0.0
         return LoadResult(ordered, duration_s=max(now, frontend_free_at), engine_stats={
-            "num_preemptions": float(self.preemptions), "kv_cache_usage_peak": used_frac})
+            "num_preemptions": float(self.preemptions), "kv_cache_usage_peak": used_frac, "steps": float(self.steps),
+            "step_tokens": float(self.step_tokens)})
 
     def _result(self, seq: _Seq) -> RequestResult:
         times = np.asarray(seq.times)
