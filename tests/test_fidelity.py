@@ -98,3 +98,19 @@ def test_a_real_capacity_map_is_searched_again_on_the_sim_config_by_config() -> 
     assert fidelity.summary(rows)["capacity"]["n"] == 10
     assert fidelity.capacity_rows(STUDY) == fidelity.capacity_rows(fidelity.DEFAULT_DATA) == []
     assert fidelity.load_points(CAPACITY) == []
+
+
+def test_every_point_is_simulated_on_the_gpu_it_was_measured_on() -> None:
+    """A grid measured on the H200 must not be scored against the H100's simulator (the lent GPU changes between
+    sessions): the same config's KV cache, in tokens, follows the GPU each point names, by nvidia-smi name or by
+    profile; a GPU without a profile is an error, not a silent comparison."""
+    config = {"gpu_memory_utilization": 0.5, "max_model_len": 2048}
+    points = [_point(config, 1, 100.0) | {"name": n, "gpu": g, "model": "qwen2-1.5b (dummy weights)",
+                                          "kv_cache_tokens": 1}
+              for n, g in (("h100", "NVIDIA H100 80GB HBM3"), ("h200", "h200-141gb"), ("none", None))]
+    kv = {r.name: r.sim for r in fidelity.compare(points) if r.metric == "kv_cache_tokens"}
+    assert kv["none"] == kv["h100"] == 1_340_272  # the default, where a point names no GPU: the H100
+    # half of 141 GB against half of 80, less the same ~3.8 GiB of weights and activations
+    assert isinstance(kv["h200"], float) and 1.8 < kv["h200"] / kv["h100"] < 1.9
+    with pytest.raises(ValueError, match="measured on 'NVIDIA B200', a GPU without a profile"):
+        fidelity.compare([points[0] | {"gpu": "NVIDIA B200"}])

@@ -26,7 +26,8 @@ import numpy as np
 from sloguard_lib.engine.base import EngineCrash
 from sloguard_lib.engine.calibration import DEFAULT, SimCalibration
 from sloguard_lib.engine.sim import SimEngine
-from sloguard_lib.hardware import get_gpu, latency_floor_ms, resolve_model
+from sloguard_lib.errors import InputError
+from sloguard_lib.hardware import GPUS, detect_gpu_profile, get_gpu, latency_floor_ms, resolve_model
 from sloguard_lib.measure.capacity import CapacitySearch, Probe
 from sloguard_lib.measure.capacity import summary as capacity_summary
 from sloguard_lib.measure.metrics import summarize
@@ -115,7 +116,7 @@ def study_points(path: str | Path) -> list[dict[str, Any]]:
         if r.get("early_stop") or r["status"] == "error" or "pending" in r:
             continue
         point: dict[str, Any] = {"name": _trial_name(path, r), "config": space.finalize(r["params"]),
-                                 "source": str(path)}
+                                 "source": str(path), "gpu": h["gpu"], "model": h["model"]}
         if r["status"] == "crash":
             points.append(point | {"status": "crash", "crash_class": r["crash_class"]})
         else:
@@ -124,11 +125,30 @@ def study_points(path: str | Path) -> list[dict[str, Any]]:
     return points
 
 
+def point_hardware(point: dict[str, Any], model: str, gpu: str) -> tuple[str, str]:
+    """The (model, GPU profile) a point was measured on: a study's profile names, or a calibration record's
+    nvidia-smi GPU name and ``<model> (dummy weights)``; ``model`` and ``gpu`` where it names none. A GPU without
+    a profile is an error rather than a silent comparison with another GPU's simulator."""
+    name = point.get("gpu")
+    if name and name not in GPUS:
+        profile = detect_gpu_profile(name)
+        if profile is None:
+            raise InputError(f"point {point.get('name')!r} was measured on {name!r}, a GPU without a profile; "
+                             f"known GPUs: {', '.join(GPUS)}")
+        name = profile.name
+    return str(point.get("model") or model).removesuffix(" (dummy weights)"), name or gpu
+
+
 def compare(points: Iterable[dict[str, Any]], cal: SimCalibration = DEFAULT, *, model: str = "qwen2-1.5b",
             gpu: str = "h100-80gb") -> list[Row]:
-    engine = SimEngine(resolve_model(model), get_gpu(gpu), cal=cal)
+    """Each point replayed on the sim of the model and GPU it was measured on (:func:`point_hardware`)."""
+    engines: dict[tuple[str, str], SimEngine] = {}
     rows: list[Row] = []
     for p in points:
+        key = point_hardware(p, model, gpu)
+        if key not in engines:
+            engines[key] = SimEngine(resolve_model(key[0]), get_gpu(key[1]), cal=cal)
+        engine = engines[key]
         if p["status"] == "crash":
             try:
                 engine.launch(p["config"], trial_seed=0)
