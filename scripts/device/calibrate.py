@@ -19,14 +19,16 @@ import json
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sloguard_lib.engine.base import EngineCrash
+from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.engine.vllm import VllmEngine
-from sloguard_lib.hardware import get_gpu, resolve_model
+from sloguard_lib.hardware import GIB, get_gpu, resolve_model
 from sloguard_lib.measure.metrics import summarize
 from sloguard_lib.measure.workload import Workload
 from sloguard_lib.study.runner import default_space
@@ -66,11 +68,13 @@ GRID: list[tuple[str, dict[str, Any], list[Workload]]] = [
 ]
 
 
-def fidelity_grid() -> list[tuple[str, dict[str, Any], list[Workload]]]:
-    """Issue #16's coverage, three loads (each on its own prompt seed) per (config, workload): chunked-prefill
-    budgets 256-8192 at two concurrencies, prefix-cache shares 0-90 %, eager against graphs, queueing
-    (``max_num_seqs`` below the concurrency), 2-4k prompts, 128-256 concurrent, KV pressure with preemption,
-    start-up crashes, and ten random configs of the default space for the knobs' interactions."""
+def fidelity_grid(gpu: str) -> list[tuple[str, dict[str, Any], list[Workload]]]:
+    """Issue #16's coverage on the ``gpu`` profile, three loads (each on its own prompt seed) per (config, workload):
+    chunked-prefill budgets 256-8192 at two concurrencies, prefix-cache shares 0-90 %, eager against graphs,
+    queueing (``max_num_seqs`` below the concurrency), 2-4k prompts, 128-256 concurrent, KV pressure with
+    preemption, start-up crashes, and ten random configs of that GPU's default space for the knobs' interactions.
+    The KV-pressure and crash rows size ``gpu_memory_utilization`` by the GPU's memory (the lent GPU changes
+    between sessions: the H200's 3.5 % is 4.9 GB, on the H100 it is less than the 3 GB of weights)."""
     def three(c: int, n: int, **kw: Any) -> list[Workload]:
         return [wl(c, n, **kw) for _ in range(3)]
 
@@ -103,21 +107,32 @@ def fidelity_grid() -> list[tuple[str, dict[str, Any], list[Workload]]]:
         grid += [(f"high_conc_{mbt}", base | {"max_num_batched_tokens": mbt}, three(128, 384) + three(256, 512)),
                  (f"high_conc_{mbt}_short", base | {"max_num_batched_tokens": mbt, "enable_prefix_caching": False},
                   three(256, 512, i=128, o=256))]
-    for gmu in (0.035, 0.045, 0.06):  # 141 GB x gmu - 3 GB of weights: KV for tens of thousands of tokens
-        grid.append((f"kv_pressure_{gmu}", {"gpu_memory_utilization": gmu, "max_model_len": 2048,
-                                            "max_num_seqs": 256}, three(128, 256, o=256)))
-    grid += [("crash_gmu_too_low", {"gpu_memory_utilization": 0.015}, []),
-             ("crash_kv_below_max_model_len", {"gpu_memory_utilization": 0.03, "max_model_len": 65536}, []),
+    profile, model = get_gpu(gpu), resolve_model("qwen2-1.5b")
+    sim = SimEngine(model, profile)
+
+    def gmu_for_kv(tokens: int, config: dict[str, Any]) -> float:
+        """The memory share that leaves the sim's memory plan (fitted to vLLM's own report, within 1 %) KV for
+        ``tokens``: what is not KV does not grow with the share."""
+        fixed = -sim.memory_plan(config | {"gpu_memory_utilization": 0.0}).kv
+        return round((fixed + tokens * model.kv_bytes_per_token()) / (profile.vram_gib * GIB), 4)
+
+    kv_base = {"max_model_len": 2048, "max_num_seqs": 256}
+    for tokens in (20_000, 30_000, 45_000):  # 128 requests of up to 768 tokens want 98k: preemption
+        grid.append((f"kv_pressure_{tokens // 1000}k", kv_base | {"gpu_memory_utilization": gmu_for_kv(tokens, kv_base)},
+                     three(128, 256, o=256)))
+    grid += [("crash_gmu_too_low", {"gpu_memory_utilization": round(0.5 * gmu_for_kv(0, {}), 4)}, []),
+             ("crash_kv_below_max_model_len", {"gpu_memory_utilization": gmu_for_kv(10_000, {}),
+                                               "max_model_len": 65536}, []),
              ("crash_invalid_combination", {"max_num_batched_tokens": 512, "max_model_len": 4096,
                                             "enable_chunked_prefill": False}, [])]
-    space = default_space("qwen2-1.5b", "h200-141gb", Workload(concurrency=32, input_len=512, output_len=128))
+    space = default_space("qwen2-1.5b", gpu, Workload(concurrency=32, input_len=512, output_len=128))
     rng = np.random.default_rng(16)
     for k in range(10):
         grid.append((f"random_{k}", space.finalize(space.sample(rng)), three(32, 96)))
     return grid
 
 
-def done_configs(path: Path) -> set[str]:
+def done_configs(path: Path, grid: list[tuple[str, dict[str, Any], list[Workload]]]) -> set[str]:
     """Names of the grid rows ``path`` holds a record of (a crash, or every load the row asks for)."""
     if not path.exists():
         return set()
@@ -128,10 +143,11 @@ def done_configs(path: Path) -> set[str]:
         counts[rec["name"]] = counts.get(rec["name"], 0) + 1
         if rec["status"] == "crash":
             crashed.add(rec["name"])
-    return crashed | {name for name, _, loads in GRIDS["fidelity"] if loads and counts.get(name, 0) >= len(loads)}
+    return crashed | {name for name, _, loads in grid if loads and counts.get(name, 0) >= len(loads)}
 
 
-GRIDS = {"h100": GRID, "fidelity": fidelity_grid()}
+GRIDS: dict[str, Callable[[str], list[tuple[str, dict[str, Any], list[Workload]]]]] = {
+    "h100": lambda gpu: GRID, "fidelity": fidelity_grid}
 
 
 def gpu_name() -> str:
@@ -155,7 +171,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     logs = Path("/tmp/sloguard_server_logs")  # $OUT returns few files: logs travel as one tarball
     engine = VllmEngine(resolve_model("qwen2-1.5b"), get_gpu(args.gpu), log_dir=logs, startup_timeout_s=300)
-    skip = done_configs(out / "calibration.jsonl") if args.resume else set()
+    grid = GRIDS[args.grid](args.gpu)
+    skip = done_configs(out / "calibration.jsonl", grid) if args.resume else set()
     t_begin = time.perf_counter()
     name_gpu = gpu_name()
     with open(out / "calibration.jsonl", "a") as f:
@@ -168,7 +185,7 @@ def main() -> None:
                               if k in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "throughput_tok_s")}
                              | {"conc": rec.get("workload", {}).get("concurrency")}), flush=True)
 
-        for name, config, loads in GRIDS[args.grid]:
+        for name, config, loads in grid:
             if (args.only and name not in args.only) or name in skip:
                 continue
             if time.perf_counter() - t_begin > args.budget_s:
