@@ -119,7 +119,8 @@ def fidelity_grid(gpu: str) -> list[tuple[str, dict[str, Any], list[Workload]]]:
     kv_base = {"max_model_len": 2048, "max_num_seqs": 256}
     for tokens in (20_000, 30_000, 45_000):  # 128 requests of up to 768 tokens want 98k: preemption
         gmu = gmu_for_kv(tokens, kv_base)
-        grid.append((f"kv_pressure_{tokens // 1000}k", kv_base | {"gpu_memory_utilization": gmu}, three(128, 256, o=256)))
+        grid.append((f"kv_pressure_{tokens // 1000}k", kv_base | {"gpu_memory_utilization": gmu},
+                     three(128, 256, o=256)))
     grid += [("crash_gmu_too_low", {"gpu_memory_utilization": round(0.5 * gmu_for_kv(0, {}), 4)}, []),
              ("crash_kv_below_max_model_len", {"gpu_memory_utilization": gmu_for_kv(10_000, {}),
                                                "max_model_len": 65536}, []),
