@@ -60,6 +60,25 @@ def test_batch_run_skips_complete_pairs(batch_dir: Path, tmp_path: Path) -> None
     assert {p: p.stat().st_mtime_ns for p in batch_dir.glob("*.jsonl")} == before
 
 
+def test_a_real_batch_measured_elsewhere_gets_its_notebooks_without_a_gpu(tmp_path: Path) -> None:
+    """The seed's experiment runs as ``sloguard tune`` on a lent GPU, its logs carried back (issue #17): ``batch run``
+    on a machine without a GPU executes each whole log's notebook (it measures nothing, so asks for no card), leaves
+    the log as it was, and runs nothing again once the notebook is there. The log: the real 15-trial H100 study."""
+    real = ROOT / "sloguard_lib" / "data" / "h100" / "study" / "qwen2-1.5b_h100-80gb_vllm_tba-tpe_seed42.jsonl"
+    batch.plan("real", [42], ["tba-tpe"], budget=15, backend="vllm", model="qwen2-1.5b", gpu="h100-80gb",
+               slo=SLO(500, 100), workload="concurrency=32,num_requests=128", root=tmp_path)
+    (tmp_path / "results" / "real").mkdir(parents=True)
+    log = tmp_path / "results" / "real" / real.name
+    log.write_bytes(real.read_bytes())
+    assert batch.run("real", root=tmp_path, kernel="python3", progress=False)[0] == 1
+    assert log.read_bytes() == real.read_bytes()
+    nb = nbformat.read(tmp_path / "results" / "real" / "tba-tpe_seed42.ipynb", as_version=4)
+    shown = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for c in nb.cells
+                    for o in c.get("outputs", []))
+    assert "'max_num_batched_tokens': 6477" in shown and "6642.49" in shown  # its recommendation, trial 10
+    assert batch.run("real", root=tmp_path, kernel="python3", progress=False)[0] == 0
+
+
 def test_analysis_notebook_and_report_agree(batch_dir: Path, tmp_path: Path) -> None:
     nb = _execute("analysis", tmp_path, results_dir=str(batch_dir), figures_dir=str(tmp_path / "figs"))
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))

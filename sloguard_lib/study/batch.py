@@ -1,10 +1,12 @@
 """Batch studies over seeds x optimizers with papermill: ``sloguard batch plan`` and ``sloguard batch run``.
 
 ``plan`` writes one papermill parameter YAML per (seed, optimizer) pair under ``papermill_params/<name>/``.
-``run`` executes the packaged ``tune.ipynb`` once per YAML whose study log is not complete yet, saving the
-executed notebook next to the log. It is resumable at two levels: a complete pair is skipped, and a partial
-one resumes inside the notebook (``resume=True``), so killing ``batch run`` and starting it again never
-repeats a finished trial.
+``run`` executes the packaged ``tune.ipynb`` once per YAML whose study log is not complete yet, or whose
+executed notebook is missing, saving the executed notebook next to the log. It is resumable at two levels: a
+complete pair with its notebook is skipped, and a partial one resumes inside the notebook (``resume=True``), so
+killing ``batch run`` and starting it again never repeats a finished trial. A complete log without its notebook
+(trials run elsewhere: ``sloguard tune`` on a lent GPU, its logs carried back) gets its notebook on any machine,
+without a GPU: resuming a whole study measures nothing.
 
 A batch never mixes studies. ``plan`` refuses to overwrite a different plan of the same name (``replace``
 says so explicitly); ``run`` checks, before it runs anything, that every existing log is the study its
@@ -128,6 +130,11 @@ class Pair:
     def complete(self) -> bool:
         return self.done_trials() >= int(self.params["budget"])
 
+    @property
+    def executed(self) -> Path:
+        """The executed notebook of this pair."""
+        return self.out_dir / f"{self.params_file.stem}.ipynb"
+
 
 def load_pairs(params_dir: str | Path) -> list[Pair]:
     folder = Path(params_dir)
@@ -181,7 +188,8 @@ def check(pairs: Sequence[Pair]) -> None:
 def run(name: str, *, root: str | Path = ".", notebook: str | Path = TUNE_NOTEBOOK, kernel: str | None = None,
         progress: bool = True, workers: int = 1, num_gpus: float | None = None,
         ray_address: str | None = None) -> tuple[int, list[Path]]:
-    """Execute the tune notebook for every incomplete pair; returns how many ran and the logs of all pairs.
+    """Execute the tune notebook for every pair that is incomplete or lacks its executed notebook; returns how many
+    ran and the logs of all pairs.
 
     ``workers`` > 1 (or a ``ray_address``) runs that many pairs side by side as Ray tasks, each holding
     ``num_gpus`` GPUs (default: 1 on a real backend, 0 on the sim); each pair's study is its own single writer,
@@ -190,9 +198,8 @@ def run(name: str, *, root: str | Path = ".", notebook: str | Path = TUNE_NOTEBO
 
     pairs = load_pairs(Path(root) / PARAMS_ROOT / _check_name(name))
     check(pairs)
-    todo = [p for p in pairs if not p.complete]
-    jobs = [(str(notebook), str(p.out_dir / f"{p.params_file.stem}.ipynb"), p.params | {"resume": True}, kernel,
-             str(p.root)) for p in todo]
+    todo = [p for p in pairs if not p.complete or not p.executed.exists()]
+    jobs = [(str(notebook), str(p.executed), p.params | {"resume": True}, kernel, str(p.root)) for p in todo]
     for p in todo:
         p.out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(jobs), desc="pairs", unit="pair", disable=not progress)
@@ -204,7 +211,8 @@ def run(name: str, *, root: str | Path = ".", notebook: str | Path = TUNE_NOTEBO
         from sloguard_lib.engine import ON_GPU
         from sloguard_lib.study.workers import check_gpus, ray_session
 
-        gpus = num_gpus if num_gpus is not None else float(any(p.params.get("backend") in ON_GPU for p in todo))
+        measuring = [p for p in todo if not p.complete]
+        gpus = num_gpus if num_gpus is not None else float(any(p.params.get("backend") in ON_GPU for p in measuring))
         with ray_session(workers, ray_address, todo[0].out_dir / "server_logs") as ray:
             check_gpus(ray, min(workers, len(jobs)), gpus)
             task = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_retries=0)(_execute)

@@ -282,6 +282,9 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
     if spec.budget > logged_budget:
         log.extend(spec.budget, len(done), datetime.now(UTC).isoformat(timespec="seconds"))
     logged = {rec["trial"] for rec in done}
+    if nothing_left(spec, done):  # no engine, so no GPU: a log measured elsewhere (the CLI on a lent GPU) reads here
+        contents = read_log(path)
+        return StudyResult(path, contents.header, contents.trials, resumed_from=len(done))
     pool, own_engine = _pool(spec, path, engine, done, parallel)
     in_flight: dict[int, tuple[Proposal, list[int], int]] = {}  # trial -> (proposal, pending then, told then)
     history = list(done)  # every record told, in order
@@ -340,6 +343,18 @@ def _run(spec: StudySpec, path: Path, resume: bool, engine: Engine | None,
         pool.close()
     contents = read_log(path)  # the log, not memory, is the study's record
     return StudyResult(path, contents.header, contents.trials, resumed_from=len(done))
+
+
+def nothing_left(spec: StudySpec, trials: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether these logged trials are the whole study: every trial of its budget, and its validations."""
+    logged = {t["trial"] for t in trials}
+    return all(n in logged for n in range(spec.budget)) and all(n in logged for n, _ in validation_plan(spec, trials))
+
+
+def is_complete(spec: StudySpec, out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds this study's whole log: resuming it measures nothing, so needs no GPU."""
+    path = log_path_for(out_dir, spec)
+    return path.is_file() and nothing_left(spec, read_log(path).trials)
 
 
 FINALISTS = 3  # configs re-measured by --validate: the top three of a 15-trial study hold its near-ties
