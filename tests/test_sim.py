@@ -112,6 +112,20 @@ def test_tiny_kv_cache_preempts_and_slows_down() -> None:
     assert summarize(tight)["throughput_tok_s"] < 0.5 * summarize(roomy)["throughput_tok_s"]
 
 
+def test_a_max_num_seqs_between_full_cuda_graph_sizes_decodes_piecewise(h100_qwen: SimEngine) -> None:
+    """vLLM 0.26.0 captures full decode graphs of 1, 2, 4, 8, 16, 24, ... sequences up to ``max_num_seqs``: on the
+    H100 a queue-full batch of 10 or 12 (largest full graph 8) decoded at 6.5-8.4 ms a step where 8 and 16 took 2.6
+    (results/h100/cudagraph_sizes/). The sim's TPOT at 32 concurrent, trial 7's config, keeps that order."""
+    from sloguard_lib.engine.sim import largest_capture_size
+    assert [largest_capture_size(n) for n in (1, 3, 7, 10, 12, 16, 27, 255, 300)] == [1, 2, 4, 8, 8, 16, 24, 248, 288]
+    config = {"max_num_batched_tokens": 6598, "gpu_memory_utilization": 0.61, "max_model_len": 1331,
+              "enable_chunked_prefill": False, "enable_prefix_caching": False}
+    wl = Workload(concurrency=32, num_requests=128)
+    tpot = {n: run(h100_qwen, config | {"max_num_seqs": n}, wl)["tpot_p50_ms"] for n in (8, 10, 12, 16)}
+    assert tpot[10] > 2 * tpot[8] and tpot[12] > 2 * tpot[16], tpot  # real: 3.2x and 2.5x
+    assert tpot[8] < 4.5 and tpot[16] < 4.5, tpot
+
+
 def test_the_sim_counts_engine_steps_as_vllm_does(h100_qwen: SimEngine) -> None:
     """``engine_steps`` / ``engine_step_tokens``, the counters a real load reads off ``/metrics``: one request alone is
     one prefill step (its prompt, and its first token) and a decode step per further token; two 512-token prompts

@@ -221,6 +221,19 @@ class SimEngine:
         return SimServer(self, c, plan, info, trial_seed)
 
 
+def largest_capture_size(limit: int) -> int:
+    """The largest CUDA-graph batch size vLLM captures at most ``limit``: sizes 1, 2, 4, then multiples of 8 up to
+    256, then of 16. vLLM 0.26.0 captures full graphs (whole decode steps) up to ``max_num_seqs`` and piecewise
+    ones (attention outside) up to twice it: its logs on the H100 show 4 full and 5 piecewise graphs at
+    ``max_num_seqs`` 8, 7 and 11 at 32. So a full batch of 10 or 12 sequences (largest full graph 8) or 27 (24)
+    decodes piecewise, 6.5-12 ms a step, where 8 and 16 decode in 2.6 ms (results/h100/cudagraph_sizes/)."""
+    if limit >= 256:
+        return 256 + (limit - 256) // 16 * 16
+    if limit < 8:
+        return max(n for n in (0, 1, 2, 4) if n <= limit)
+    return limit // 8 * 8
+
+
 class _Seq:
     """A request inside the engine."""
 
@@ -293,11 +306,13 @@ class _Simulation:
         self.weight_bytes = m.weight_bytes(quant)
         self.kv_bytes = m.kv_bytes_per_token()
         eager = c["enforce_eager"]
-        self.capture_max = 0 if eager else min(2 * c["max_num_seqs"], cal.max_capture_size)
+        self.capture_max = 0 if eager else largest_capture_size(min(c["max_num_seqs"], cal.max_capture_size))
         self.overhead_graph = cal.step_overhead_s
         self.overhead_mixed = cal.step_overhead_s + m.num_layers * (
             cal.eager_per_layer_s if eager else cal.piecewise_per_layer_s)
-        self.overhead_eager = cal.step_overhead_s + m.num_layers * cal.eager_per_layer_s
+        # a decode batch above every full graph runs the piecewise ones (captured up to twice max_num_seqs)
+        self.overhead_eager = cal.step_overhead_s + m.num_layers * (
+            cal.eager_per_layer_s if eager else cal.piecewise_decode_per_layer_s)
 
     def _noise_block(self, n: int = 4096) -> np.ndarray:
         """Per-step time multipliers: log-normal jitter plus rare host hiccups (the real ITL tail)."""
