@@ -16,7 +16,8 @@ It is a simulation of the mechanisms, not a formula for the result:
   idle) so later requests skip that part of the prefill.
 * **Step time** is a roofline: max(FLOPs / (peak x efficiency), bytes read / (HBM x efficiency)) over
   weights, KV reads and attention, plus a host overhead that full CUDA graphs keep small, piecewise
-  graphs (mixed prefill steps) raise per layer, and ``enforce_eager`` raises per layer for every step;
+  graphs (mixed prefill steps, and decode batches above the largest full graph, which vLLM captures only up to
+  ``max_num_seqs``) raise per layer, and ``enforce_eager`` raises per layer for every step;
   seeded log-normal noise per step and per trial.
 * **Client/API server**: a fixed per-request overhead (HTTP, input processing, stream set-up) and
   closed-loop or Poisson arrivals; requests longer than ``max_model_len`` get vLLM's HTTP 400.
