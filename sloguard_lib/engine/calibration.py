@@ -36,7 +36,7 @@ class SimCalibration:
     max_capture_size: int = 512  # full decode graphs go up to min(max_num_seqs, this) (sim.largest_capture_size)
     piecewise_decode_per_layer_s: float = 0.0002  # a decode step above every full graph runs piecewise: 6.5-12 ms for
     # 10-27 sequences where full graphs took 2.6 ms (results/h100/cudagraph_sizes/), ~0.2 ms per layer. Mixed
-    # (prefill) steps hide the same launches behind their compute: piecewise_per_layer_s above
+    # (prefill) steps hide the same launches behind their compute: piecewise_per_layer_s above. Measured, not fitted
 
     # --- API server (frontend) ---
     request_overhead_s: float = 0.0131  # HTTP + input processing + first-chunk streaming of one request

@@ -46,7 +46,8 @@ from sloguard_lib.study.trial import evaluate
 PROBE_POOL = 10  # a probe is the most unlike config among this many of the best predicted
 MIN_FOR_FALLBACK = 3
 PREDICT_SEED = 600_000
-DECODE = ("bw_eff",), ("step_overhead_s", "per_seq_overhead_s", "eager_per_layer_s", "piecewise_per_layer_s")
+DECODE = ("bw_eff",), ("step_overhead_s", "per_seq_overhead_s", "eager_per_layer_s", "piecewise_per_layer_s",
+                       "piecewise_decode_per_layer_s")
 PREFILL = ("compute_eff", "attn_compute_eff"), ("request_overhead_s", "admit_serial_s")
 
 
