@@ -31,7 +31,7 @@ import yaml
 from sloguard_lib.errors import InputError, yaml_problem
 from sloguard_lib.measure.slo import SLO
 from sloguard_lib.measure.workload import Workload, parse_workload, workload_from
-from sloguard_lib.study.runner import StudySpec, check_same_study, log_path_for
+from sloguard_lib.study.runner import StudySpec, check_same_study, is_complete, log_path_for
 from sloguard_lib.study.trial_log import is_trial_log, read_log
 
 TUNE_NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "tune.ipynb"  # package data: there in a wheel too
@@ -123,12 +123,10 @@ class Pair:
     def log_path(self) -> Path:
         return log_path_for(self.out_dir, self.spec)
 
-    def done_trials(self) -> int:
-        return len(read_log(self.log_path).trials) if self.log_path.exists() else 0
-
     @property
     def complete(self) -> bool:
-        return self.done_trials() >= int(self.params["budget"])
+        """Whether its log holds the whole study, as the runner decides it (:func:`runner.is_complete`)."""
+        return is_complete(self.spec, self.out_dir)
 
     @property
     def executed(self) -> Path:
