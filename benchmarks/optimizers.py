@@ -255,11 +255,13 @@ def figures(df: pd.DataFrame, budget: int, tag: str, out: Path) -> None:
     grid.figure.suptitle(f"Anytime performance, budget {budget} (mean and 95% CI over seeds)", y=1.02)
     grid.savefig(out / f"anytime_{tag}.png", dpi=120, bbox_inches="tight")
     plt.close(grid.figure)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
     sns.barplot(data=df, x="scenario", y="crash_gpu_pct", hue="optimizer", ax=ax, errorbar=("ci", 95))
     ax.set_ylabel("crash waste (% of GPU-seconds)")
     ax.set_xlabel("")
-    ax.tick_params(axis="x", labelsize=8)
+    # scenario names run ~25 characters: one line each overlaps its neighbours, so break them after the model
+    ax.set_xticks(ax.get_xticks(), [t.get_text().replace("-", "\n", 1) for t in ax.get_xticklabels()], fontsize=8)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), frameon=False)
     fig.savefig(out / f"crash_waste_{tag}.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
