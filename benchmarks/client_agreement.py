@@ -168,7 +168,11 @@ class VllmBench:
         if self.proc.stdout.readline().strip() != "done":
             raise SystemExit(f"error: vllm bench serve failed; see {self.out_dir / 'vllm_bench.log'}")
         res = json.loads((self.out_dir / name).read_text())
-        (self.out_dir / name).write_text(json.dumps({k: v for k, v in res.items() if not isinstance(v, list)}))
+        # one line per load in one file, without the per-request lists: a device call brings back only so
+        # many files (2026-12-06: 17 of 20 per-load files were left out)
+        with open(self.out_dir / "vllm_results.jsonl", "a") as f:
+            f.write(json.dumps({"file": name} | {k: v for k, v in res.items() if not isinstance(v, list)}) + "\n")
+        (self.out_dir / name).unlink()
         return {ours: float(res[key]) for ours, key in (METRICS | EXTRA).items()} | {
             "tokens_per_chunk": tokens_per_chunk(zip(res["output_lens"], map(len, res["itls"]), strict=True))}
 

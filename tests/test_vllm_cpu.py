@@ -245,3 +245,8 @@ def test_our_client_and_vllm_bench_serve_make_one_server_do_the_same_work(
         # a chunk never carries less than one token (a client counting role or usage chunks as tokens would read
         # more, shorter gaps); more than one where the API server coalesced (1.10 here once, on a busy host)
         assert r["tokens_per_chunk"] >= 1.0, r
+    # vllm bench serve's per-load results land in one file, a line per load (a device call returns few files)
+    kept = [json.loads(line) for line in (tmp_path / "vllm_results.jsonl").read_text().splitlines()]
+    assert [k["file"] for k in kept] == [f"vllm_c{conc}_s{r['seed']}.json" for r in theirs]
+    assert [k["output_throughput"] for k in kept] == [r["throughput_tok_s"] for r in theirs]
+    assert not list(tmp_path.glob("vllm_c*.json"))
