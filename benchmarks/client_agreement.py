@@ -248,10 +248,9 @@ def main() -> None:
                     seed = 1000 * conc + 10 * rnd + args.variants.index(client)
                     t0 = time.perf_counter()
                     pids, me = group_pids(server.proc.pid), [os.getpid(), bench.proc.pid]
-                    c0, cpu0 = counters(server.metrics_text()), cpu_snapshot(pids, me)
-                    if client in THEIRS:
-                        m = bench.run(conc, n, args.input_len, args.output_len, seed, THEIRS[client])
-                    else:
+                    wl = Workload(concurrency=conc, num_requests=n, input_len=args.input_len,
+                                  output_len=args.output_len, seed=seed)
+                    if client not in THEIRS:
                         variant = OURS[client]
                         body = {k: args.output_len if v == "output_len" else v
                                 for k, v in variant.get("body", {}).items()}
@@ -259,9 +258,16 @@ def main() -> None:
                             server.target, processes=int(variant.get("processes", args.load_procs)),
                             http=variant.get("http", default_http), body_extra=tuple(body.items()),
                             prompt_text=bool(variant.get("prompt_text", False)))
-                        wl = Workload(concurrency=conc, num_requests=n, input_len=args.input_len,
-                                      output_len=args.output_len, seed=seed)
-                        load = server.run_load(wl)
+                        # our warm-ups as a load of their own, before the counters are read: inside the window
+                        # they were 34 of the server's steps per load on the H100, each alone (after5_*)
+                        if wl.warmup:
+                            server.run_load(dataclasses.replace(wl, num_requests=wl.warmup, output_len=16, warmup=0,
+                                                                seed=seed + 500))
+                    c0, cpu0 = counters(server.metrics_text()), cpu_snapshot(pids, me)
+                    if client in THEIRS:
+                        m = bench.run(conc, n, args.input_len, args.output_len, seed, THEIRS[client])
+                    else:
+                        load = server.run_load(dataclasses.replace(wl, warmup=0))
                         full = summarize(load)
                         m = {k: full[k] for k in (*METRICS, *EXTRA)} | {"tokens_per_chunk": tokens_per_chunk(
                             (r.output_tokens, len(r.itl_s)) for r in load.requests if r.ok)}

@@ -234,12 +234,8 @@ def test_our_client_and_vllm_bench_serve_make_one_server_do_the_same_work(
     ours = [r for r in loads if r["client"] == "sloguard"]
     theirs = [r for r in loads if r["client"] == "vllm"]
     assert len(ours) == len(theirs) == 3
-    for r in theirs:
-        assert (r["srv_requests"], r["srv_prompt_tokens"], r["srv_generation_tokens"]) == (n, n * inp, n * outp)
-    for r in ours:  # the same, plus our warm-up requests (as long as the workload's prompts)
-        extra = r["srv_requests"] - n
-        assert 1 <= extra <= 4 and r["srv_prompt_tokens"] == (n + extra) * inp, r
-        assert r["srv_generation_tokens"] == n * outp + extra * min(outp, 16), r  # a warm-up answers 16 at most
+    for r in loads:  # both clients, ours with its warm-ups run before the counters are read
+        assert (r["srv_requests"], r["srv_prompt_tokens"], r["srv_generation_tokens"]) == (n, n * inp, n * outp), r
     for r in loads:
         assert r["srv_prefix_hit_tokens"] <= 0.01 * r["srv_prompt_tokens"] and r["srv_preemptions"] == 0, r
         # a chunk never carries less than one token (a client counting role or usage chunks as tokens would read
