@@ -12,7 +12,8 @@ seed: ``sloguard`` (our load generator, as trials use it), variants that isolate
 --backend vllm --dataset-name random --random-range-ratio 0 --ignore-eos --max-concurrency C``, the same
 request shapes). Per metric (TTFT p50/p99, ITL p50/p99, TPOT p50, output tokens/s) it prints the mean of
 each client and the mean per-round difference against ``vllm`` in % with a paired 95 % interval, and writes
-every load to ``loads.jsonl`` as it finishes, then ``summary.json``. Every load has its own prompt seed
+every load to ``loads.jsonl`` as it finishes (``vllm bench serve``'s own results to ``vllm_results.jsonl``), then
+``summary.json``. Every load has its own prompt seed
 (with prefix caching on, two clients sending one round's prompts would be served from the cache).
 
 Without a GPU it runs against the CPU build of vLLM (``SLOGUARD_VLLM_PYTHON``), small: the regression guard
