@@ -41,6 +41,7 @@ from sloguard_lib.analysis.stats import paired_diff_pct
 from sloguard_lib.engine import make_engine, placement
 from sloguard_lib.engine.vllm import LOAD_STATS, metric_sums, server_view
 from sloguard_lib.hardware import get_gpu, resolve_model
+from sloguard_lib.measure.loadgen import WARMUP_TOKENS
 from sloguard_lib.measure.metrics import summarize
 from sloguard_lib.measure.workload import Workload
 from sloguard_lib.model_folder import tokenizer_dir
@@ -262,8 +263,9 @@ def main() -> None:
                         # our warm-ups as a load of their own, before the counters are read: inside the window
                         # they were 34 of the server's steps per load on the H100, each alone (after5_*)
                         if wl.warmup:
-                            server.run_load(dataclasses.replace(wl, num_requests=wl.warmup, output_len=16, warmup=0,
-                                                                seed=seed + 500))
+                            server.run_load(dataclasses.replace(
+                                wl, num_requests=wl.warmup, output_len=min(wl.output_len, WARMUP_TOKENS), warmup=0,
+                                seed=seed + 500))
                     c0, cpu0 = counters(server.metrics_text()), cpu_snapshot(pids, me)
                     if client in THEIRS:
                         m = bench.run(conc, n, args.input_len, args.output_len, seed, THEIRS[client])

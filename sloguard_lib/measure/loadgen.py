@@ -49,6 +49,7 @@ from sloguard_lib.model_folder import word
 
 STALL = "stall"  # error prefix for requests that stopped receiving tokens
 OVERRUN = "overrun"  # error prefix for a stream with more token events than max_tokens
+WARMUP_TOKENS = 16  # output tokens of a warm-up request at most: it warms the path, not the KV cache
 CLIENT = f"sloguard-loadgen/{__version__}"
 
 
@@ -243,9 +244,9 @@ async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Reques
     are cancelled (vLLM aborts a request whose connection closes) and only requests finished by then count."""
     async with _client(target, concurrency) as client:
         if warmup:
-            like = workload.requests()[0]  # warm-ups mimic the workload's first request, 16 tokens at most
+            like = workload.requests()[0]  # warm-ups mimic the workload's first request, WARMUP_TOKENS at most
             for i in range(warmup):
-                warm = Request(workload.num_requests + i, like.prompt_len, min(like.output_len, 16), 0, 0.0)
+                warm = Request(workload.num_requests + i, like.prompt_len, min(like.output_len, WARMUP_TOKENS), 0, 0.0)
                 got = await _one(client, target, warm, workload.seed + 1, workload.api)
                 if (got.error or "").startswith(STALL):  # hung: the load would stall too
                     if gate is not None:

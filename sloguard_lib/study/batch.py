@@ -196,7 +196,8 @@ def run(name: str, *, root: str | Path = ".", notebook: str | Path = TUNE_NOTEBO
 
     pairs = load_pairs(Path(root) / PARAMS_ROOT / _check_name(name))
     check(pairs)
-    todo = [p for p in pairs if not p.complete or not p.executed.exists()]
+    measuring = [p for p in pairs if not p.complete]  # reads each log once
+    todo = [p for p in pairs if p in measuring or not p.executed.exists()]
     jobs = [(str(notebook), str(p.executed), p.params | {"resume": True}, kernel, str(p.root)) for p in todo]
     for p in todo:
         p.out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +210,6 @@ def run(name: str, *, root: str | Path = ".", notebook: str | Path = TUNE_NOTEBO
         from sloguard_lib.engine import ON_GPU
         from sloguard_lib.study.workers import check_gpus, ray_session
 
-        measuring = [p for p in todo if not p.complete]
         gpus = num_gpus if num_gpus is not None else float(any(p.params.get("backend") in ON_GPU for p in measuring))
         with ray_session(workers, ray_address, todo[0].out_dir / "server_logs") as ray:
             check_gpus(ray, min(workers, len(jobs)), gpus)
