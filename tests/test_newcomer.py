@@ -180,7 +180,11 @@ def test_batch_plan_never_silently_rewrites_a_different_plan(tmp_path: Path) -> 
         _plan(tmp_path, 6)
     _plan(tmp_path, 6, replace=True)
     assert {yaml.safe_load(f.read_text())["budget"] for f in files} == {6}
-    for bad in ("../../x", "/abs", "", "a/b"):
+    nested = batch.plan("h100/multiseed", [1], ["random"], budget=2, backend="sim", model="qwen2-1.5b",
+                        gpu="a100-40gb", slo=SLO(500, 100), workload=SMALL, root=tmp_path)
+    assert nested == [tmp_path / "papermill_params" / "h100" / "multiseed" / "random_seed1.yaml"]
+    assert yaml.safe_load(nested[0].read_text())["out_dir"] == "results/h100/multiseed"
+    for bad in ("../../x", "/abs", "", "a/", "a//b", "a/../b"):
         with pytest.raises(InputError, match="batch name"):
             batch.plan(bad, [1], ["random"], budget=2, backend="sim", model="qwen2-1.5b", gpu="a100-40gb",
                        slo=SLO(500, 100), workload=SMALL, root=tmp_path)

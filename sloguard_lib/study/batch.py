@@ -41,12 +41,14 @@ PARAMETERS: dict[str, tuple[type, ...]] = {
     "model": (str,), "gpu": (str,), "backend": (str,), "optimizer": (str,), "seed": (int,), "budget": (int,),
     "slo_ttft_p99_ms": (int, float), "slo_itl_p99_ms": (int, float), "workload": (dict,), "out_dir": (str,),
 }
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+NAME = re.compile(rf"{_PART}(/{_PART})*")  # nested (``h100/multiseed``): results/ keeps one folder per GPU
 
 
 def _check_name(name: str) -> str:
     if not NAME.fullmatch(name) or ".." in name:
-        raise InputError(f"batch name {name!r}: use letters, digits, '-', '_' and '.' (it names two folders)")
+        raise InputError(f"batch name {name!r}: use letters, digits, '-', '_' and '.', '/' between folders (it "
+                         "names two folders)")
     return name
 
 
