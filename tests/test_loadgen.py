@@ -36,14 +36,17 @@ def test_connections_are_kept_alive_across_requests(http: str) -> None:
         target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, http=http)
         load = run_load(target, Workload(concurrency=2, num_requests=20, input_len=8, output_len=4, warmup=1))
     assert all(r.ok and r.output_tokens == 4 for r in load.requests)
-    assert stub.connections == 2  # one per concurrent stream, the warm-up's reused
+    assert stub.connections == 3  # one per concurrent stream, kept for all 20, and the warm-up's own
 
 
 def test_client_processes_split_the_load_and_start_together() -> None:
     with SSEStub(token_interval_s=0.005).running() as stub:
         target = LoadTarget(f"http://127.0.0.1:{stub.port}", "m", vocab_size=1000, processes=2)
-        load = run_load(target, Workload(concurrency=4, num_requests=12, input_len=8, output_len=10, warmup=1))
+        seen: list[int] = []
+        load = run_load(target, Workload(concurrency=4, num_requests=12, input_len=8, output_len=10, warmup=1),
+                        after_warmup=lambda: seen.append(stub.requests))
     assert stub.requests == 13  # one warm-up for the whole load, not one per process
+    assert seen == [1]  # the server's counters are read after the warm-up, before the load's first request
     assert stub.max_in_flight == 4  # 2 + 2: the workload's concurrency, not 4 per process
     assert [r.index for r in load.requests] == list(range(12))
     assert all(r.ok and r.output_tokens == 10 and len(r.itl_s) == 9 for r in load.requests)

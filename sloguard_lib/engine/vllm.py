@@ -377,8 +377,9 @@ class VllmServer:
 
     def run_load(self, workload: Workload, until: Callable[[RequestResult], bool] | None = None) -> LoadResult:
         t_start = time.perf_counter()
-        before = metric_sums(self.metrics_text(), LOAD_STATS)
-        load = run_load(self.target, workload, until)
+        before: dict[str, float] = {}
+        load = run_load(self.target, workload, until,
+                        after_warmup=lambda: before.update(metric_sums(self.metrics_text(), LOAD_STATS)))
         elapsed = time.perf_counter() - t_start
         self.clock.stamp(LOAD)
         if self.proc.poll() is not None:

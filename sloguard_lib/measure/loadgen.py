@@ -22,7 +22,8 @@ case, so a dead or hung server ends the trial instead of hanging it. A stream th
 One process parses ~375k streamed tokens/s with aiohttp (2.8 us per token; httpx, whose h11 handles every HTTP
 chunk in Python, 77k at 13 us; ``benchmarks/loadgen_overhead.py`` on 2 cores). A server that streams more
 needs ``LoadTarget.processes`` > 1: the requests are dealt round-robin to that many spawned client processes,
-each with its share of the concurrency, which all start at one barrier after a single warm-up.
+each with its share of the concurrency, which all start at one barrier after a single warm-up
+(sent by the parent, before ``run_load``'s ``after_warmup``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ import queue
 import re
 import time
 from asyncio import Runner
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -51,6 +52,7 @@ STALL = "stall"  # error prefix for requests that stopped receiving tokens
 OVERRUN = "overrun"  # error prefix for a stream with more token events than max_tokens
 WARMUP_TOKENS = 16  # output tokens of a warm-up request at most: it warms the path, not the KV cache
 CLIENT = f"sloguard-loadgen/{__version__}"
+T = TypeVar("T")
 
 
 def client_name(target: LoadTarget) -> str:
@@ -234,25 +236,28 @@ async def _client(target: LoadTarget, concurrency: int) -> AsyncIterator[Any]:
             yield client
 
 
-async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Request], concurrency: int, warmup: int,
+async def _warm_up(target: LoadTarget, workload: Workload) -> str | None:
+    """The workload's warm-up requests, one after another, each like its first request with WARMUP_TOKENS output
+    tokens at most; the error of one that stalled (the load would stall too), else None."""
+    like = workload.requests()[0]
+    async with _client(target, 1) as client:
+        for i in range(workload.warmup):
+            warm = Request(workload.num_requests + i, like.prompt_len, min(like.output_len, WARMUP_TOKENS), 0, 0.0)
+            got = await _one(client, target, warm, workload.seed + 1, workload.api)
+            if (got.error or "").startswith(STALL):
+                return got.error
+    return None
+
+
+async def _drive_async(target: LoadTarget, workload: Workload, reqs: list[Request], concurrency: int,
                        gate: Callable[[], None] | None = None, until: Callable[[RequestResult], bool] | None = None,
                        ) -> tuple[list[RequestResult], float, float]:
-    """Drive ``reqs`` (the workload's, or one shard's) with ``concurrency`` in flight after ``warmup``
-    discarded requests; returns the results and the perf_counter of the first send and the last byte.
-    ``gate`` is called after the warm-up and blocks until every client process is ready, so shards start
-    together. ``until`` ends the load at the first finished request it returns True for: the streams in flight
-    are cancelled (vLLM aborts a request whose connection closes) and only requests finished by then count."""
+    """Drive ``reqs`` (the workload's, or one shard's) with ``concurrency`` in flight; returns the results and
+    the perf_counter of the first send and the last byte. ``gate`` blocks until every client process is ready, so
+    shards start together. ``until`` ends the load at the first finished request it returns True for: the streams
+    in flight are cancelled (vLLM aborts a request whose connection closes) and only requests finished by then
+    count."""
     async with _client(target, concurrency) as client:
-        if warmup:
-            like = workload.requests()[0]  # warm-ups mimic the workload's first request, WARMUP_TOKENS at most
-            for i in range(warmup):
-                warm = Request(workload.num_requests + i, like.prompt_len, min(like.output_len, WARMUP_TOKENS), 0, 0.0)
-                got = await _one(client, target, warm, workload.seed + 1, workload.api)
-                if (got.error or "").startswith(STALL):  # hung: the load would stall too
-                    if gate is not None:
-                        gate()  # the other client processes wait here: let them go and meet the stall themselves
-                    now = time.perf_counter()
-                    return [_failed(r, f"{got.error} (warm-up)") for r in reqs], now, now
         if gate is not None:
             gate()
         sem = asyncio.Semaphore(concurrency)
@@ -321,12 +326,10 @@ def _event_loop() -> Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def _drive(target: LoadTarget, workload: Workload, reqs: list[Request], concurrency: int, warmup: int,
-           gate: Callable[[], None] | None = None, until: Callable[[RequestResult], bool] | None = None,
-           ) -> tuple[list[RequestResult], float, float]:
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     with _event_loop() as runner:
         runner.get_loop().set_exception_handler(_quiet_on_interrupt)
-        return runner.run(_drive_async(target, workload, reqs, concurrency, warmup, gate, until))
+        return runner.run(coro)
 
 
 def _quiet_on_interrupt(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -340,23 +343,30 @@ def _quiet_on_interrupt(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
 
 
 def run_load(target: LoadTarget, workload: Workload, until: Callable[[RequestResult], bool] | None = None,
-             ) -> LoadResult:
-    """One client process, or ``target.processes`` of them: the requests dealt round-robin, the concurrency
-    split between them (the sum is the workload's), one warm-up, and a common start. perf_counter is the
-    system-wide monotonic clock, so the shards' timestamps compare directly. ``until`` (``Server.run_load``)
-    stops one process live; several run to the end and are cut where it would have stopped them (the same
-    record, without the GPU time saved: the shards would need the decision between processes)."""
+             after_warmup: Callable[[], None] | None = None) -> LoadResult:
+    """The warm-up, then ``after_warmup`` (where the server's counters are read: the warm-ups were 34 solo engine
+    steps of each load inside the window on the H100, results/h100/client_agreement/), then the load from one
+    client process, or ``target.processes`` of them: the requests dealt round-robin, the concurrency split
+    between them (the sum is the workload's) and a common start. perf_counter is the system-wide monotonic clock,
+    so the shards' timestamps compare directly. ``until`` (``Server.run_load``) stops one process live; several
+    run to the end and are cut where it would have stopped them (the same record, without the GPU time saved:
+    the shards would need the decision between processes)."""
     n = max(1, min(target.processes, workload.concurrency, workload.num_requests))
     reqs = workload.requests()
+    stalled = _run(_warm_up(target, workload)) if workload.warmup else None
+    if stalled:  # a hung server: every request would meet the same stall
+        return LoadResult([_failed(r, f"{stalled} (warm-up)") for r in reqs], duration_s=0.0)
+    if after_warmup is not None:
+        after_warmup()
     if n == 1:
-        results, start, end = _drive(target, workload, reqs, workload.concurrency, workload.warmup, until=until)
+        results, start, end = _run(_drive_async(target, workload, reqs, workload.concurrency, until=until))
         return LoadResult(results, duration_s=end - start)
     ctx = mp.get_context("spawn")  # fork is unsafe once threads exist (notebooks, torch)
     barrier = ctx.Barrier(n)
     out: mp.queues.Queue[Any] = ctx.Queue()
     procs = [ctx.Process(target=_shard, daemon=True, args=(
-        target, workload, reqs[i::n], workload.concurrency // n + (i < workload.concurrency % n),
-        workload.warmup if i == 0 else 0, barrier, out)) for i in range(n)]
+        target, workload, reqs[i::n], workload.concurrency // n + (i < workload.concurrency % n), barrier, out))
+        for i in range(n)]
     for proc in procs:
         proc.start()
     finished = False
@@ -378,11 +388,11 @@ def run_load(target: LoadTarget, workload: Workload, until: Callable[[RequestRes
     return truncate(load, until) if until else load
 
 
-def _shard(target: LoadTarget, workload: Workload, requests: list[Request], concurrency: int, warmup: int,
-           barrier: Any, out: mp.queues.Queue[Any]) -> None:
+def _shard(target: LoadTarget, workload: Workload, requests: list[Request], concurrency: int, barrier: Any,
+           out: mp.queues.Queue[Any]) -> None:
     try:
-        out.put(_drive(target, workload, requests, concurrency, warmup,
-                       gate=lambda: barrier.wait(target.load_timeout_s)))
+        out.put(_run(_drive_async(target, workload, requests, concurrency,
+                                  gate=lambda: barrier.wait(target.load_timeout_s))))
     except BaseException as e:  # the parent must hear of it, or it would wait for this shard forever
         barrier.abort()
         out.put(e if isinstance(e, Exception) else RuntimeError(repr(e)))
