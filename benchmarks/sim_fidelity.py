@@ -45,7 +45,7 @@ def main() -> None:
         err = "" if r.rel_error is None else f"{r.rel_error:+8.1%}"
         sim = r.sim if isinstance(r.sim, str) else f"{r.sim:12.1f}"
         real = r.real if isinstance(r.real, str) else f"{r.real:12.1f}"
-        flag = "" if r.is_target else f"  (real server had {r.cached:.0%} of prompts cached: not a target)"
+        flag = f"  ({r.why_not_target}: not a target)" if r.why_not_target else ""
         print(f"{r.name:24s} {r.concurrency or '':>4} {r.metric:16s} {sim:>12s} {real:>12s} {err:>8s}{flag}")
     s = summary(rows)
     print("\nmetric             median |err|   worst |err|   points")

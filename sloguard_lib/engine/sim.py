@@ -238,7 +238,8 @@ def largest_capture_size(limit: int) -> int:
 class _Seq:
     """A request inside the engine."""
 
-    __slots__ = ("blocks", "computed", "done_at", "generated", "hit", "req", "send", "shared", "times")
+    __slots__ = ("blocks", "computed", "done_at", "generated", "hit", "queued", "req", "scheduled", "send", "shared",
+                 "times")
 
     def __init__(self, req: Request, send: float) -> None:
         self.req = req
@@ -250,6 +251,8 @@ class _Seq:
         self.hit = False
         self.times: list[float] = []
         self.done_at = math.nan
+        self.queued = math.nan  # when the engine core got it, and first scheduled it: vLLM's queue time
+        self.scheduled = math.nan
 
     @property
     def num_tokens(self) -> int:
@@ -399,7 +402,9 @@ class _Simulation:
         while True:
             top_up(now)
             while pending and pending[0][0] <= now:
-                waiting.append(seqs[heapq.heappop(pending)[1]])
+                queued, idx = heapq.heappop(pending)
+                seqs[idx].queued = queued
+                waiting.append(seqs[idx])
             if not waiting and not running:
                 if pending:
                     now = pending[0][0]
@@ -452,6 +457,8 @@ class _Simulation:
                     break
                 seq.blocks += max(0, need)
                 waiting.pop(0)
+                if math.isnan(seq.scheduled):
+                    seq.scheduled = now
                 running.append(seq)
                 sched.append((seq, n))
                 budget -= n
@@ -532,9 +539,14 @@ class _Simulation:
                                              error=f"timeout: no completion within {MAX_LOAD_S:.0f} s")
         ordered = [results[r.index] for r in reqs if r.index in results]
         used_frac = self.peak_used / self.total_blocks if self.total_blocks else 0.0
+        served = [seq for idx, seq in seqs.items() if results[idx].ok]
+        # the server's own clock, as vLLM's /metrics keep it: time in the engine's waiting queue, and first token
+        # from the API server's receipt (TTFT without the client's and HTTP's share)
         return LoadResult(ordered, duration_s=max(now, frontend_free_at), engine_stats={
             "num_preemptions": float(self.preemptions), "kv_cache_usage_peak": used_frac, "steps": float(self.steps),
-            "step_tokens": float(self.step_tokens)})
+            "step_tokens": float(self.step_tokens), "requests": float(len(served)),
+            "queue_s": sum(seq.scheduled - seq.queued for seq in served),
+            "server_ttft_s": sum(seq.times[0] - seq.send - cal.request_overhead_s / 2 for seq in served)})
 
     def _result(self, seq: _Seq) -> RequestResult:
         times = np.asarray(seq.times)
