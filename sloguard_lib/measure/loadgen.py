@@ -236,10 +236,9 @@ async def _client(target: LoadTarget, concurrency: int) -> AsyncIterator[Any]:
             yield client
 
 
-async def _warm_up(target: LoadTarget, workload: Workload) -> str | None:
-    """The workload's warm-up requests, one after another, each like its first request with WARMUP_TOKENS output
-    tokens at most; the error of one that stalled (the load would stall too), else None."""
-    like = workload.requests()[0]
+async def _warm_up(target: LoadTarget, workload: Workload, like: Request) -> str | None:
+    """The workload's warm-up requests, one after another, each like its first request ``like`` with WARMUP_TOKENS
+    output tokens at most; the error of one that stalled (the load would stall too), else None."""
     async with _client(target, 1) as client:
         for i in range(workload.warmup):
             warm = Request(workload.num_requests + i, like.prompt_len, min(like.output_len, WARMUP_TOKENS), 0, 0.0)
@@ -353,7 +352,7 @@ def run_load(target: LoadTarget, workload: Workload, until: Callable[[RequestRes
     the shards would need the decision between processes)."""
     n = max(1, min(target.processes, workload.concurrency, workload.num_requests))
     reqs = workload.requests()
-    stalled = _run(_warm_up(target, workload)) if workload.warmup else None
+    stalled = _run(_warm_up(target, workload, reqs[0])) if workload.warmup else None
     if stalled:  # a hung server: every request would meet the same stall
         return LoadResult([_failed(r, f"{stalled} (warm-up)") for r in reqs], duration_s=0.0)
     if after_warmup is not None:
