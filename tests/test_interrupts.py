@@ -35,9 +35,14 @@ def _server_log(out: Path) -> Path | None:
     return logs[-1] if logs else None
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str,
+              proc: subprocess.Popen[str] | None = None) -> None:
+    """Poll ``condition``; with ``proc``, fail at once (with its stderr) if it exits first, rather than after the
+    whole timeout (a CLI that cannot even import used to hold this test for 300 s)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the study exited ({proc.returncode}) before {what}: {proc.communicate()[1][-2000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
@@ -72,13 +77,13 @@ def _interrupt(env: dict[str, str], cwd: Path, out: Path, sig: signal.Signals, m
                             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: _server_log(out) is not None and _server_log(out).with_suffix(".pid").exists(),  # type: ignore[union-attr]
-                  300, "the server to start")
+                  300, "the server to start", proc)
         if orphan is not None:
             assert _group_gone(orphan), "the next run launched a server before reaping the SIGKILLed run's"
         log = _server_log(out)
         assert log is not None
         pgid = int(log.with_suffix(".pid").read_text().split()[0])
-        _wait_for(lambda: MOMENTS[moment](log.read_text(errors="replace")), 600, f"the {moment} moment")
+        _wait_for(lambda: MOMENTS[moment](log.read_text(errors="replace")), 600, f"the {moment} moment", proc)
         proc.send_signal(sig)
         if sig == signal.SIGKILL:  # nothing of ours runs: the server stays up until the next run reaps it
             proc.wait(timeout=30)
