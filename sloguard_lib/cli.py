@@ -449,6 +449,9 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     console.print(f"studies: {summ['identity_label']}")
     console.print(f"definitions: {summ['definitions']} ({summ['definitions_text']})")
     console.print(summ["table"])
+    if summ["incomplete"]:
+        runs = ", ".join(f"{r['optimizer']} seed {r['seed']} {r['trials']}/{r['budget']}" for r in summ["incomplete"])
+        console.print(f"incomplete: {runs} trials; the table compares unequal budgets until they finish")
     console.print(f"summary: {summ['summary_path']}; figures: {', '.join(summ['figures'])}")
     return 0
 

@@ -245,6 +245,7 @@ def test_report_refuses_to_pool_different_studies(tmp_path: Path, capsys: pytest
     assert "qwen2-1.5b on a100-40gb (sim)" in out and "Fast-cluster trials" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["identity"]["gpu"] == "a100-40gb" and summary["optimizers"]["random"]["n_seeds"] == 2
+    assert summary["incomplete"] == [] and "incomplete" not in out
     # figures go beside the results, not into the committed figures/multiseed/
     assert (tmp_path / "figures" / "best_so_far.png").exists()
     first = (tmp_path / "figures" / "best_so_far.png").read_bytes()
@@ -252,6 +253,13 @@ def test_report_refuses_to_pool_different_studies(tmp_path: Path, capsys: pytest
     assert (tmp_path / "figures" / "best_so_far.png").read_bytes() == first  # seeded bootstrap CIs
     assert main(["report", "--results-dir", str(tmp_path), "--where", "gpu=a100-40gb", "--baseline", "bogus"]) == 2
     assert "baseline 'bogus' is not among the optimizers here: random, tba-tpe" in capsys.readouterr().err
+    # a batch read while it still runs: the short run is named, in the summary too
+    log = next(tmp_path.glob("*a100-40gb*tba-tpe*seed2.jsonl"))
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))  # its last trial not yet run
+    assert main(["report", "--results-dir", str(tmp_path), "--where", "gpu=a100-40gb"]) == 0
+    assert "incomplete: tba-tpe seed 2 2/3 trials" in capsys.readouterr().out.replace("\n", " ")
+    assert json.loads((tmp_path / "summary.json").read_text())["incomplete"] == [
+        {"optimizer": "tba-tpe", "seed": 2, "trials": 2, "budget": 3}]
 
 
 def test_crash_map_draws_crashes_red(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

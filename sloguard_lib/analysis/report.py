@@ -317,6 +317,12 @@ def build_report(results_dir: str | Path, output: str | Path, baseline: str | No
     original = not is_trial_log(first)
     ident = {"format": "original SLO-Guard results"} if original else identity(read_log(first).header)
     summ["identity"] = ident
+    # a batch read while it still runs (issue #17's real one spans device sessions): say which runs are short of
+    # their budget, since fast-cluster counts and best-so-far compare unequal numbers of trials until then
+    budget = None if original else int(ident["budget"])
+    summ["incomplete"] = [] if budget is None else [
+        {"optimizer": r.optimizer, "seed": int(r.seed), "trials": int(r.trials), "budget": budget}
+        for r in runs.itertuples() if int(r.trials) < budget]
     name = "summary.json" if definitions == "sloguard" else f"summary_{definitions}.json"
     (Path(results_dir) / name).write_text(json.dumps(summ, indent=2, default=float))
     summ["summary_path"] = str(Path(results_dir) / name)
