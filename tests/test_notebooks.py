@@ -84,6 +84,7 @@ def test_analysis_notebook_and_report_agree(batch_dir: Path, tmp_path: Path) -> 
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
     summary = json.loads((batch_dir / "summary.json").read_text())
     assert summary.pop("identity")["budget"] == "3"
+    assert summary.pop("incomplete") == []  # both runs have their 3 trials
     assert set(summary["optimizers"]) == {"random", "tba-tpe"}
     assert summary["optimizers"]["random"]["trials"] == 6
     runs = report.per_run(report.load_trials(batch_dir))
