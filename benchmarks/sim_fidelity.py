@@ -1,13 +1,12 @@
-"""Simulator vs every real point recorded on the H100 (sloguard_lib/data/h100/calibration.jsonl).
+"""Simulator vs every real H100 point its constants are fitted to (``fidelity.FIT_FILES``: 42 configs, 85 loads).
 
-    python benchmarks/sim_fidelity.py [--data FILE ...] [--kfold 5 [--iters 300]]
+    python benchmarks/sim_fidelity.py [--data FILE ...] [--kfold 5 [--iters 200] [--jobs 5]]
 
 ``--data`` takes calibration files and real studies' trial logs alike (a study's trials are the configs a tuner
-actually visits; :func:`sloguard_lib.analysis.fidelity.study_points` says which of them count). Every real H100
-point so far: ``--data sloguard_lib/data/h100/calibration.jsonl sloguard_lib/data/h100/study/*.jsonl
-results/h100/trial_cost/*/*.jsonl results/h100/screen_real/*/*.jsonl results/h100/capacity/*.jsonl``. A capacity
-study's log is scored by the capacity the sim finds for each of its configs (``fidelity.capacity_rows``; in sample,
-not in the k-fold).
+actually visits; :func:`sloguard_lib.analysis.fidelity.study_points` says which of them count), e.g.
+``results/h100/multiseed/*.jsonl`` for the #17 trials no fit has seen. A capacity study's log
+(``results/h100/capacity/*.jsonl``) is scored by the capacity the sim finds for each of its configs
+(``fidelity.capacity_rows``; in sample, not in the k-fold).
 
 Prints sim, real and relative error per point and metric, then the median and worst |error| per metric
 (only target rows, see sloguard_lib/analysis/fidelity.py) and the crash-verdict agreement. These score the simulator on
@@ -19,11 +18,12 @@ the noise floor (median coefficient of variation of repeated loads of one config
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sloguard_lib.analysis.fidelity import (
-    DEFAULT_DATA,
     capacity_rows,
     compare,
+    fit_data,
     held_out,
     load_points,
     noise_floor,
@@ -34,9 +34,10 @@ from sloguard_lib.engine.calibration import H100_REFERENCE
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", nargs="+", default=[str(DEFAULT_DATA)], metavar="FILE")
+    ap.add_argument("--data", nargs="+", default=fit_data(Path(__file__).resolve().parents[1]), metavar="FILE")
     ap.add_argument("--kfold", type=int, default=0, metavar="K", help="also score K-fold held out by config")
     ap.add_argument("--iters", type=int, default=300, help="Nelder-Mead iterations of each fold's fit")
+    ap.add_argument("--jobs", type=int, default=1, help="folds fitted at once, one process each")
     args = ap.parse_args()
     points = [p for path in args.data for p in load_points(path)]
     rows = compare(points) + [r for path in args.data for r in capacity_rows(path)]
@@ -56,11 +57,11 @@ def main() -> None:
         print(f"crash verdict agreement: {s['crash_agreement']:.0%}")
     readme_figures(points)
     if args.kfold:
-        kfold(points, args.kfold, args.iters)
+        kfold(points, args.kfold, args.iters, args.jobs)
 
 
-def kfold(points: list[dict], k: int, iters: int) -> None:  # type: ignore[type-arg]
-    s = summary(held_out(points, k, iters=iters))
+def kfold(points: list[dict], k: int, iters: int, jobs: int) -> None:  # type: ignore[type-arg]
+    s = summary(held_out(points, k, iters=iters, jobs=jobs))
     noise = noise_floor(points)
     print(f"\nheld out, {k}-fold by config ({len({str(p['config']) for p in points})} configs):")
     print("| metric | median abs. error | worst | points | noise floor (CV of repeats) | target |")

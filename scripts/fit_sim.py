@@ -1,6 +1,6 @@
-"""Re-fit the simulator's latency constants to the recorded real points (sloguard_lib/data/h100/calibration.jsonl).
+"""Re-fit the simulator's latency constants to the recorded real H100 points (``fidelity.FIT_FILES``).
 
-    python scripts/fit_sim.py [--iters 300]
+    python scripts/fit_sim.py [--iters 200] [--data FILE ...]
 
 Minimises the mean squared log-error of every *target* row (see sloguard_lib/analysis/fidelity.py) over the
 overhead and efficiency constants with Nelder-Mead (:func:`sloguard_lib.analysis.fidelity.fit`), then prints the fitted
@@ -11,15 +11,16 @@ vLLM's logs and are not fitted here. ``benchmarks/sim_fidelity.py --kfold K`` sc
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from sloguard_lib.analysis.fidelity import DEFAULT_DATA, FITTED, compare, fit, load_points, summary
+from sloguard_lib.analysis.fidelity import FITTED, compare, fit, fit_data, load_points, summary
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=300)
-    ap.add_argument("--data", nargs="+", default=[str(DEFAULT_DATA)], metavar="FILE",
-                    help="calibration files and real studies' trial logs (benchmarks/sim_fidelity.py lists them)")
+    ap.add_argument("--data", nargs="+", default=fit_data(Path(__file__).resolve().parents[1]), metavar="FILE",
+                    help="calibration files and real studies' trial logs (default: fidelity.FIT_FILES)")
     args = ap.parse_args()
     points = [p for path in args.data for p in load_points(path)]
     cal = fit(points, iters=args.iters)

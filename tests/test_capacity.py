@@ -29,7 +29,8 @@ def _engine() -> SimEngine:
 
 
 def test_the_capacity_is_bracketed_by_a_passing_and_a_failing_probe_on_one_server() -> None:
-    rec = evaluate(_engine(), CONFIG, WL, SLO(500, 100), 3, capacity=CapacitySearch(0.99))
+    # (seed 4: on seed 3 the one miss that fails level 32 is its last request, so that probe cannot end early)
+    rec = evaluate(_engine(), CONFIG, WL, SLO(500, 100), 4, capacity=CapacitySearch(0.99))
     cap = rec["capacity"]
     level, top = cap["interval"]
     probes = {p["level"]: p for p in cap["probes"]}

@@ -47,7 +47,7 @@ def test_a_stopped_trial_is_one_whose_full_load_reaches_the_same_verdict() -> No
     limit the full load breaks, every incumbent stop a trial whose full goodput is below the incumbent, and an
     unstopped trial's record is the full one."""
     engine = SimEngine(resolve_model("qwen2-1.5b"), get_gpu("a100-40gb"))
-    beat = 3300.0  # about the landscape's feasible median here: some stop on it, some beat it
+    beat = 2500.0  # below most feasible goodputs here (13 of 40, 805-3,800 tok/s): some stop on it, most beat it
     reasons: dict[str, int] = {}
     for i, config in enumerate(_configs(40)):
         full = evaluate(engine, config, WL, SLO_, 1000 + i)

@@ -57,6 +57,17 @@ def test_held_out_never_scores_a_point_with_a_fit_that_saw_its_config(monkeypatc
         fidelity.held_out(points, configs + 1)
 
 
+def test_folds_fitted_in_worker_processes_score_what_one_process_scores() -> None:
+    """``--jobs``: the same folds, the same fits, the same rows, only at once (a 200-iteration fold is ~20 min)."""
+    points = [p for p in fidelity.load_points() if p["status"] == "ok"
+              and p["workload"]["concurrency"] <= 16 and p["workload"]["num_requests"] <= 64][:4]
+    assert len({fidelity.config_of(p) for p in points}) >= 2
+    serial = fidelity.held_out(points, 2, iters=2)
+    parallel = fidelity.held_out(points, 2, iters=2, jobs=2)
+    assert [(r.name, r.metric, r.sim) for r in parallel] == [(r.name, r.metric, r.sim) for r in serial]
+    assert {r.metric for r in serial} >= set(fidelity.METRICS)
+
+
 STUDY = fidelity.DEFAULT_DATA.parent / "study" / "qwen2-1.5b_h100-80gb_vllm_tba-tpe_seed42.jsonl"
 
 
@@ -93,7 +104,8 @@ def test_a_real_capacity_map_is_searched_again_on_the_sim_config_by_config() -> 
     by_seqs = {t["params"]["max_num_seqs"]: r for t, r in zip(trials, rows, strict=True)
                if t["params"]["max_num_batched_tokens"] > 5000}
     # queueing-bound: a wide token budget sustains max_num_seqs, on the real server and on the sim alike
-    assert by_seqs[80].real == 80 and isinstance(by_seqs[80].sim, float) and abs(by_seqs[80].sim - 80) <= 2
+    # (within 5 %: 77 since the sim's busy engine takes new requests in late, 81 before)
+    assert by_seqs[80].real == 80 and isinstance(by_seqs[80].sim, float) and abs(by_seqs[80].sim - 80) <= 4
     assert by_seqs[11].sim == by_seqs[11].real == 11
     assert fidelity.summary(rows)["capacity"]["n"] == 10
     assert fidelity.capacity_rows(STUDY) == fidelity.capacity_rows(fidelity.DEFAULT_DATA) == []

@@ -1,7 +1,8 @@
 """Every calibration constant of the simulator, in one place.
 
-Fitted (``scripts/fit_sim.py``) to real vLLM 0.26.0 on one H100 80GB serving a dummy-weight Qwen2-1.5B: the
-25 load points of ``sloguard_lib/data/h100/calibration.jsonl``, measured with this package's load generator. Physical
+Fitted (``scripts/fit_sim.py --iters 200 --data ...``, the files docs/research.md lists) to real vLLM 0.26.0 on
+H100 80GBs serving a dummy-weight Qwen2-1.5B: 85 loads of 42 configs (``sloguard_lib/data/h100/calibration.jsonl``,
+the fidelity grid, real studies' trials), measured with this package's load generator. Physical
 constants (bandwidth, FLOP/s) live in :mod:`sloguard_lib.hardware`; these are the *efficiencies and
 overheads* that turn the roofline into the times vLLM actually shows. ``benchmarks/sim_fidelity.py`` prints
 sim vs real for every point.
@@ -23,25 +24,27 @@ class SimCalibration:
     block_size: int = 16
 
     # --- roofline efficiencies ---
-    compute_eff: float = 0.4387  # fraction of dense peak reached by the linear layers
-    attn_compute_eff: float = 0.309  # FlashAttention prefill efficiency
-    bw_eff: float = 0.7351  # fraction of HBM peak reached reading weights and KV
+    compute_eff: float = 0.4068  # fraction of dense peak reached by the linear layers
+    attn_compute_eff: float = 0.3082  # FlashAttention prefill efficiency
+    bw_eff: float = 0.7153  # fraction of HBM peak reached reading weights and KV
     quantized_gemm_eff: float = 0.5  # int4 kernels (awq/gptq) relative to fp16 GEMM efficiency
 
     # --- per-step host overheads (seconds) ---
-    step_overhead_s: float = 0.001339  # scheduler + launch of one full-CUDA-graph decode step
-    per_seq_overhead_s: float = 5.601e-05  # input prep + sampling + output processing per sequence
-    piecewise_per_layer_s: float = 5.187e-06  # attention runs outside graphs in mixed (prefill) steps
-    eager_per_layer_s: float = 0.0004974  # Python + kernel launches per layer without CUDA graphs
+    step_overhead_s: float = 0.0004176  # scheduler + launch of one full-CUDA-graph decode step
+    per_seq_overhead_s: float = 5.397e-05  # input prep + sampling + output processing per sequence
+    piecewise_per_layer_s: float = 0.0001379  # attention runs outside graphs in mixed (prefill) steps
+    eager_per_layer_s: float = 0.0006638  # Python + kernel launches per layer without CUDA graphs
     max_capture_size: int = 512  # full decode graphs go up to min(max_num_seqs, this) (sim.largest_capture_size)
     piecewise_decode_per_layer_s: float = 0.0002  # a decode step above every full graph runs piecewise: 6.5-12 ms for
     # 10-27 sequences where full graphs took 2.6 ms (results/h100/cudagraph_sizes/), ~0.2 ms per layer. Mixed
     # (prefill) steps hide the same launches behind their compute: piecewise_per_layer_s above. Measured, not fitted
 
     # --- API server (frontend) ---
-    request_overhead_s: float = 0.0131  # HTTP + input processing + first-chunk streaming of one request
-    admit_serial_s: float = 0.003361  # API-server time per new request, one at a time: bursts queue here
-    stream_token_s: float = 1.728e-05  # API-server time to stream one token (detokenise, JSON, SSE write): at
+    request_overhead_s: float = 0.01762  # HTTP + input processing + first-chunk streaming of one request
+    admit_serial_s: float = 0.001667  # API-server time per new request, one at a time: bursts queue here
+    busy_input_s: float = 0.06656  # a request reaching a busy engine core enters its scheduler this much later:
+    # the server's TTFT after its queue is ~50 ms under load whatever the step time, ~18 ms for one request alone
+    stream_token_s: float = 9.815e-06  # API-server time to stream one token (detokenise, JSON, SSE write): at
     # ~10k+ tok/s the one-process frontend itself saturates, delaying new requests' admission (TTFT)
 
     # --- noise ---
@@ -49,7 +52,9 @@ class SimCalibration:
     trial_noise_sigma: float = 0.02  # log-normal sigma of one speed factor per load (load-to-load shifts; real
     # vLLM on the H100 shows ~0.044: results/h100/README.md, "Load-to-load goodput noise")
     hiccup_prob: float = 0.02  # host hiccups (GC, scheduling): this fraction of steps takes
-    hiccup_factor: float = 2.7  # this many times longer -- the heavy tail behind real ITL p99s
+    hiccup_s: float = 0.01162  # this much longer -- the heavy tail behind real ITL p99s. Added, not a multiple of the
+    # step: real ITL p99 - p50 is 8-15 ms on eager configs (15-20 ms steps) and 5-25 ms with graphs (3-4 ms steps);
+    # a 2.7x multiple put eager ITL p99 at 44-52 ms where 8 of 11 real ones were 20-31 ms (results/h100/multiseed/)
 
     # --- start-up timeline (seconds) ---
     boot_s: float = 47.0  # imports, API server, engine-core process, config validation
