@@ -291,15 +291,17 @@ def held_out(points: list[dict[str, Any]], k: int, *, iters: int = 300, gpu: str
     turn, sorted, so the split is reproducible. ``jobs`` > 1 fits that many folds at once in worker processes
     (a fold's 200-iteration fit is ~20 min of one core on the 42 H100 configs)."""
     from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
     configs = sorted({config_of(p) for p in points})
     if not 2 <= k <= len(configs):
         raise ValueError(f"k-fold needs 2 <= k <= {len(configs)} configs, got k={k}")
-    folds = [({*configs[fold::k]}, points, iters, gpu) for fold in range(k)]
+    tests = [{*configs[fold::k]} for fold in range(k)]
+    one_fold = partial(_fold_rows, points=points, iters=iters, gpu=gpu)
     if jobs <= 1:
-        return [r for f in folds for r in _fold_rows(*f)]
+        return [r for test in tests for r in one_fold(test)]
     with ProcessPoolExecutor(jobs) as pool:
-        return [r for rows in pool.map(_fold_rows, *zip(*folds, strict=True)) for r in rows]
+        return [r for rows in pool.map(one_fold, tests) for r in rows]
 
 
 def _fold_rows(test: set[str], points: list[dict[str, Any]], iters: int, gpu: str) -> list[Row]:

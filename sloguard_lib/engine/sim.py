@@ -401,6 +401,13 @@ class _Simulation:
                 busy = bool(running or waiting)
                 heapq.heappush(pending, (frontend_free_at + (cal.busy_input_s if busy else 0.0), idx))
 
+        def next_queued() -> float | None:
+            """When the next admitted request enters the engine's queue (None: no request is on its way). With none
+            admitted yet, the API server admits the next arrival first: an idle wait's next event."""
+            if not pending and arrivals:
+                admit(arrivals[0][0])
+            return pending[0][0] if pending else None
+
         def finish_client(t: float) -> None:
             nonlocal in_flight, slot_free_at
             if in_flight == wl.concurrency:
@@ -419,10 +426,8 @@ class _Simulation:
                 seqs[idx].queued = queued
                 waiting.append(seqs[idx])
             if not waiting and not running:
-                if not pending and arrivals:  # an idle server: the next arrival is the next event
-                    admit(arrivals[0][0])
-                if pending:
-                    now = pending[0][0]
+                if (t := next_queued()) is not None:
+                    now = t
                     continue
                 if next_req < len(reqs) and in_flight < wl.concurrency:
                     now = max(now, next_send_time())
@@ -479,10 +484,8 @@ class _Simulation:
                 budget -= n
             if not sched:
                 # nothing fits (all blocks held by waiting-for-nothing): advance to the next arrival
-                if not pending and arrivals:
-                    admit(arrivals[0][0])
-                if pending:
-                    now = max(now, pending[0][0])
+                if (t := next_queued()) is not None:
+                    now = max(now, t)
                     continue
                 break
 
