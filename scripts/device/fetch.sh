@@ -23,7 +23,7 @@ if [ "${WITH_RAY:-0}" = 1 ]; then
 fi
 rm -f .devpkg/parts/part_*
 tar -cf .devpkg/bundle.tar -C .devpkg wheels
-split -b 55000000 -d -a 2 .devpkg/bundle.tar .devpkg/parts/part_
+split -b 48000000 -d -a 2 .devpkg/bundle.tar .devpkg/parts/part_
 sha256sum .devpkg/bundle.tar | cut -d' ' -f1 > .devpkg/parts/SHA256
 rm .devpkg/bundle.tar
 ls -la .devpkg/parts
