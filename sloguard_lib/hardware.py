@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,14 @@ def detect_gpu_name() -> str | None:
     if torch is not None and torch.cuda.is_available():
         return str(torch.cuda.get_device_name(0))
     return None
+
+
+@cache
+def detect_gpu_uuid() -> str | None:
+    """The local GPU's UUID (nvidia-smi), or None: which physical card measured a record. Lent H100s of one kind
+    differ: eager decode, bound by the host launching kernels, read 1.66x slower on one than on another
+    (results/h100/multiseed/README.md), so figures are compared per card (``fidelity.machines``)."""
+    return _query_nvidia_smi("uuid")
 
 
 def has_gpu() -> bool:

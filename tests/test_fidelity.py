@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,56 @@ def test_noise_floor_is_the_median_cv_of_loads_repeated_on_their_own_seeds() -> 
     assert floor["throughput_tok_s"]["groups"] == 2
     assert floor["throughput_tok_s"]["cv"] == pytest.approx((0.1 + 0.28284) / 2, abs=1e-4)
     assert floor["ttft_p50_ms"]["cv"] == 0.0
+
+
+def _trial(config: dict[str, Any], finished: str, throughput: float, **extra: Any) -> dict[str, Any]:
+    return _point(config, 0, throughput) | {"finished": f"2026-12-07T{finished}:00+00:00"} | extra
+
+
+def test_trials_minutes_apart_share_a_machine_and_hours_apart_do_not() -> None:
+    a, b = {"max_num_seqs": 64}, {"max_num_seqs": 128}
+    points = [_trial(a, "08:00", 100.0), _trial(b, "08:14", 300.0), _trial(a, "08:40", 120.0),  # 26 min: another
+              _trial(b, "08:41", 360.0), _trial(a, "08:42", 999.0, gpu_uuid="GPU-1"),  # a UUID is the card itself
+              _point(a, 1, 110.0) | {"source": "grid, 2026-11-24"}]
+    assert fidelity.machines(points) == ["machine of 2026-12-07T08:00:00+00:00"] * 2 + [
+        "machine of 2026-12-07T08:40:00+00:00"] * 2 + ["GPU-1", "grid, 2026-11-24"]
+    floor = fidelity.noise_floor(points)["throughput_tok_s"]
+    # no machine ran one config twice; a ran on four machines (means 100, 120, 999, 110), b on two (300, 360)
+    assert "cv" not in floor and floor["machine_groups"] == 2
+    assert floor["cv_machines"] == pytest.approx((_cv([100, 120, 999, 110]) + _cv([300, 360])) / 2, rel=1e-9)
+
+
+def _cv(v: list[float]) -> float:
+    return statistics.stdev(v) / statistics.fmean(v)
+
+
+def test_each_point_is_replayed_on_the_host_speed_its_machines_other_configs_show() -> None:
+    """Real figures made by the sim itself on a host 1.41x slower: every point of the machine with three other
+    configs is replayed at that factor (and matches), the lone config of another machine at 1."""
+    slow = fidelity.on_host(DEFAULT, fidelity.HOST_FACTORS[6])
+    configs = [{"max_num_seqs": n, "enforce_eager": eager} for n in (8, 16) for eager in (False, True)]
+    wl = {"concurrency": 8, "num_requests": 24, "input_len": 256, "output_len": 32, "seed": 0}
+    points = []
+    for i, config in enumerate([*configs, configs[0]]):
+        p = {"name": f"p{i}", "config": config, "status": "ok", "workload": wl, "prefix_cache_fraction": 0.0,
+             "machine": "slow host" if i < 4 else "another"}
+        points.append(p | {"metrics": _sim_metrics(config, wl, slow)})
+    rows = fidelity.host_fitted(points)
+    assert {r.name: r.host for r in rows} == {f"p{i}": fidelity.HOST_FACTORS[6] for i in range(4)} | {"p4": 1.0}
+    assert all(abs(r.rel_error or 0) < 1e-9 for r in rows if r.name != "p4")
+    plain = [r for r in fidelity.compare(points) if r.name == "p0" and r.metric == "itl_p50_ms"]
+    assert plain[0].rel_error is not None and plain[0].rel_error < -0.1  # unfitted, the slow host's ITL is missed
+    assert {r.name for r in fidelity.host_fitted(points, scored={fidelity.config_of(points[1])})} == {"p1"}
+
+
+def _sim_metrics(config: dict[str, Any], wl: dict[str, Any], cal: SimCalibration) -> dict[str, float]:
+    from sloguard_lib.engine.sim import SimEngine
+    from sloguard_lib.hardware import get_gpu, resolve_model
+    from sloguard_lib.measure.metrics import summarize
+    from sloguard_lib.measure.workload import Workload
+
+    server = SimEngine(resolve_model("qwen2-1.5b"), get_gpu("h100-80gb"), cal=cal).launch(config, trial_seed=0)
+    return summarize(server.run_load(Workload.from_dict(wl)))
 
 
 def test_held_out_never_scores_a_point_with_a_fit_that_saw_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,7 +132,8 @@ def test_a_real_study_log_becomes_points_of_the_configs_it_launched(tmp_path: An
     log.write_text("".join(json.dumps(r) + "\n" for r in lines))
     points = fidelity.load_points(log)
     here = tmp_path.name
-    assert [(p["name"], p["status"]) for p in points] == [(f"{here}/t10", "ok"), (f"{here}/t6", "crash")]
+    assert [(p["name"], p["status"]) for p in points] == [(f"{here}/tba-tpe42/t10", "ok"),
+                                                           (f"{here}/tba-tpe42/t6", "crash")]
     assert points[0]["config"]["max_num_batched_tokens"] == 1129  # the auto-bump vLLM was launched with
     assert points[0]["metrics"]["throughput_tok_s"] == trials[10]["metrics"]["throughput_tok_s"]
     assert points[0]["workload"]["concurrency"] == 32 and points[0]["prefix_cache_fraction"] == 0.0
@@ -100,7 +152,8 @@ CAPACITY = Path(__file__).resolve().parents[1] / "results" / "h100" / "capacity"
 def test_a_real_capacity_map_is_searched_again_on_the_sim_config_by_config() -> None:
     trials = [json.loads(line) for line in CAPACITY.read_text().splitlines()][1:]
     rows = fidelity.capacity_rows(CAPACITY)
-    assert [(r.name, r.real) for r in rows] == [(f"capacity/t{t['trial']}", t["capacity"]["level"]) for t in trials]
+    assert [(r.name, r.real) for r in rows] == [(f"capacity/tba-tpe42/t{t['trial']}", t["capacity"]["level"])
+                                                for t in trials]
     by_seqs = {t["params"]["max_num_seqs"]: r for t, r in zip(trials, rows, strict=True)
                if t["params"]["max_num_batched_tokens"] > 5000}
     # queueing-bound: a wide token budget sustains max_num_seqs, on the real server and on the sim alike

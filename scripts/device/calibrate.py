@@ -15,6 +15,7 @@ everything measured so far. Server logs are packed into ``server_logs.tar.gz``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import tarfile
@@ -28,7 +29,7 @@ import numpy as np
 from sloguard_lib.engine.base import EngineCrash
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.engine.vllm import VllmEngine
-from sloguard_lib.hardware import GIB, get_gpu, resolve_model
+from sloguard_lib.hardware import GIB, detect_gpu_uuid, get_gpu, resolve_model
 from sloguard_lib.measure.metrics import summarize
 from sloguard_lib.measure.workload import Workload
 from sloguard_lib.study.runner import default_space
@@ -178,7 +179,8 @@ def main() -> None:
     name_gpu = gpu_name()
     with open(out / "calibration.jsonl", "a") as f:
         def emit(rec: dict[str, Any]) -> None:
-            rec |= {"gpu": name_gpu, "model": "qwen2-1.5b (dummy weights)"}
+            rec |= {"gpu": name_gpu, "gpu_uuid": detect_gpu_uuid(), "model": "qwen2-1.5b (dummy weights)",
+                    "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
             f.write(json.dumps(rec, default=str) + "\n")
             f.flush()
             print(json.dumps({k: rec[k] for k in ("name", "status") if k in rec} |

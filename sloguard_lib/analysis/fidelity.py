@@ -13,11 +13,13 @@ a target, and above 30 % cached nothing of theirs is.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,9 @@ class Row:
     real: float | str
     cached: float  # fraction of prompt tokens the real server had cached from an earlier load
     below_floor: bool = False  # the real figure is under the hardware's physical floor: a client artefact
+    machine: str = ""  # which lent machine measured it (:func:`machines`)
+    config: str = ""  # :func:`config_of` the point
+    host: float = 1.0  # the host factor it was replayed on (:func:`host_fitted`)
 
     MAX_CACHED = 0.3  # above this, even decode-side figures are distorted (prefills nearly vanish)
 
@@ -106,7 +111,7 @@ def load_points(path: str | Path = DEFAULT_DATA) -> list[dict[str, Any]]:
     """The points of a calibration file, or of a real study's trial log (:func:`study_points`)."""
     if is_study_log(path):
         return study_points(path)
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [{"source": str(path)} | json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def is_study_log(path: str | Path) -> bool:
@@ -125,7 +130,7 @@ def _real_study(path: str | Path) -> LogContents | None:
 
 
 def _trial_name(path: str | Path, trial: dict[str, Any]) -> str:
-    return f"{Path(path).parent.name}/t{trial['trial']}"
+    return f"{Path(path).parent.name}/{trial['optimizer']}{trial['seed']}/t{trial['trial']}"
 
 
 def study_points(path: str | Path) -> list[dict[str, Any]]:
@@ -145,7 +150,8 @@ def study_points(path: str | Path) -> list[dict[str, Any]]:
         if r.get("early_stop") or r["status"] == "error" or "pending" in r:
             continue
         point: dict[str, Any] = {"name": _trial_name(path, r), "config": space.finalize(r["params"]),
-                                 "source": str(path), "gpu": h["gpu"], "model": h["model"]}
+                                 "source": str(path), "gpu": h["gpu"], "model": h["model"],
+                                 "finished": r.get("finished"), "gpu_uuid": r.get("engine_info", {}).get("gpu_uuid")}
         if r["status"] == "crash":
             points.append(point | {"status": "crash", "crash_class": r["crash_class"]})
         else:
@@ -171,35 +177,105 @@ def point_hardware(point: dict[str, Any], model: str, gpu: str) -> tuple[str, st
 def compare(points: Iterable[dict[str, Any]], cal: SimCalibration = DEFAULT, *, model: str = "qwen2-1.5b",
             gpu: str = "h100-80gb") -> list[Row]:
     """Each point replayed on the sim of the model and GPU it was measured on (:func:`point_hardware`)."""
+    return [r for rows in _per_point(list(points), cal, model, gpu) for r in rows]
+
+
+def _per_point(points: list[dict[str, Any]], cal: SimCalibration, model: str, gpu: str) -> list[list[Row]]:
     engines: dict[tuple[str, str], SimEngine] = {}
-    rows: list[Row] = []
-    for p in points:
+    out: list[list[Row]] = []
+    for p, machine in zip(points, machines(points), strict=True):
         key = point_hardware(p, model, gpu)
         if key not in engines:
             engines[key] = SimEngine(resolve_model(key[0]), get_gpu(key[1]), cal=cal)
-        engine = engines[key]
-        if p["status"] == "crash":
-            try:
-                engine.launch(p["config"], trial_seed=0)
-                verdict = "ok"
-            except EngineCrash as c:
-                verdict = c.crash_class
-            rows.append(Row(p["name"], None, "crash_class", verdict, p["crash_class"], 0.0))
-            continue
-        wl = Workload.from_dict(p["workload"])
-        server = engine.launch(p["config"], trial_seed=0)
-        m = summarize(server.run_load(wl))
-        cached = float(p.get("prefix_cache_fraction", 0.0))
-        if p.get("kv_cache_tokens") is not None:
-            rows.append(Row(p["name"], wl.concurrency, "kv_cache_tokens", float(server.info.kv_cache_tokens or 0),
-                            float(p["kv_cache_tokens"]), cached))
-        itl_floor_ms = latency_floor_ms(engine.model, engine.gpu, wl.input_len)[1]
-        rows += [Row(p["name"], wl.concurrency, k, m[k], float(p["metrics"][k]), cached,
-                     below_floor=k.startswith("itl") and float(p["metrics"][k]) < itl_floor_ms) for k in METRICS]
-        real_split = ttft_split(p["metrics"])
-        if real_split:
-            rows += [Row(p["name"], wl.concurrency, k, v, real_split[k], cached) for k, v in ttft_split(m).items()]
+        out.append(_point_rows(p, engines[key], partial(Row, p["name"], machine=machine, config=config_of(p))))
+    return out
+
+
+def _point_rows(p: dict[str, Any], engine: SimEngine, row: Callable[..., Row]) -> list[Row]:
+    if p["status"] == "crash":
+        try:
+            engine.launch(p["config"], trial_seed=0)
+            verdict = "ok"
+        except EngineCrash as c:
+            verdict = c.crash_class
+        return [row(None, "crash_class", verdict, p["crash_class"], 0.0)]
+    wl = Workload.from_dict(p["workload"])
+    server = engine.launch(p["config"], trial_seed=0)
+    m = summarize(server.run_load(wl))
+    cached = float(p.get("prefix_cache_fraction", 0.0))
+    rows: list[Row] = []
+    if p.get("kv_cache_tokens") is not None:
+        rows.append(row(wl.concurrency, "kv_cache_tokens", float(server.info.kv_cache_tokens or 0),
+                        float(p["kv_cache_tokens"]), cached))
+    itl_floor_ms = latency_floor_ms(engine.model, engine.gpu, wl.input_len)[1]
+    rows += [row(wl.concurrency, k, m[k], float(p["metrics"][k]), cached,
+                 below_floor=k.startswith("itl") and float(p["metrics"][k]) < itl_floor_ms) for k in METRICS]
+    real_split = ttft_split(p["metrics"])
+    if real_split:
+        rows += [row(wl.concurrency, k, v, real_split[k], cached) for k, v in ttft_split(m).items()]
     return rows
+
+
+#: two trials further apart than this ran on different lent machines: one is given back 30 s after a call and a
+#: call lasts at most 10 minutes, so the trials of one machine follow each other closer than that
+MACHINE_GAP_S = 15 * 60
+
+
+def machines(points: Sequence[dict[str, Any]]) -> list[str]:
+    """Which lent machine measured each point: its GPU's UUID where the record has one (vLLM records since
+    2026-12-07); else, for a study's trial, the run of trials (of any study in ``points``) with no gap over
+    :data:`MACHINE_GAP_S`, named by its first; else the point's ``machine``, else its ``source`` (a calibration
+    file's source line names one session). Servers on one machine share its host CPU, which eager decode and the
+    API server are bound by, and its card."""
+    stamps = sorted({p["finished"] for p in points if p.get("finished") and not p.get("gpu_uuid")})
+    first: dict[str, str] = {}
+    prev: str | None = None
+    for stamp in stamps:
+        close = prev and (datetime.datetime.fromisoformat(stamp) - datetime.datetime.fromisoformat(prev)
+                          ).total_seconds() <= MACHINE_GAP_S
+        first[stamp] = first[prev] if prev and close else stamp
+        prev = stamp
+    return [str(p.get("gpu_uuid") or (p.get("finished") and f"machine of {first[p['finished']]}")
+                or p.get("machine") or p.get("source", "")) for p in points]
+
+
+#: the constants that are host CPU time (scheduling, kernel launches, the API server): what differs between lent
+#: machines of one GPU kind (eager decode 1.66x between two lent H100 hosts), scaled together by :func:`on_host`.
+#: Not ``hiccup_s``: scaled too, the ITL p99 error on the 54 #17 trials (no fit saw them) was 33.7 % rather than 31.0 %
+HOST_SIDE = ("step_overhead_s", "per_seq_overhead_s", "piecewise_per_layer_s", "eager_per_layer_s",
+             "piecewise_decode_per_layer_s", "request_overhead_s", "admit_serial_s", "busy_input_s", "stream_token_s")
+#: the host factors :func:`host_fitted` chooses among: half to twice the fitted host's CPU time
+HOST_FACTORS = tuple(float(f) for f in np.geomspace(0.5, 2.0, 9))
+
+
+def on_host(cal: SimCalibration, factor: float) -> SimCalibration:
+    """``cal`` on a host whose CPU-side work (:data:`HOST_SIDE`) takes ``factor`` times as long."""
+    return dataclasses.replace(cal, **{k: getattr(cal, k) * factor for k in HOST_SIDE})
+
+
+def host_fitted(points: list[dict[str, Any]], cal: SimCalibration = DEFAULT, *, scored: set[str] | None = None,
+                model: str = "qwen2-1.5b", gpu: str = "h100-80gb") -> list[Row]:
+    """:func:`compare`, each point replayed on the host factor (:data:`HOST_FACTORS`) that best fits (least mean
+    squared log-error over their fit targets) the *other* configs its machine measured, at least two of them; factor
+    1 on a machine with fewer. What a study learns of its own server from its earlier trials, as the sim screen
+    does (#21); no point's own config (nor another load of it) enters its factor. ``scored``: only the points of
+    these configs (:func:`config_of`) are returned; the others only inform their machines' factors."""
+    per_factor = [_per_point(points, on_host(cal, f), model, gpu) for f in HOST_FACTORS]
+    keys = list(zip(machines(points), map(config_of, points), strict=True))
+    sq: list[list[list[float]]] = [[[math.log(r.sim / r.real) ** 2 for r in rows if r.is_fit_target
+                                     and isinstance(r.sim, float) and isinstance(r.real, float)
+                                     and r.sim > 0 and r.real > 0] for rows in by_point] for by_point in per_factor]
+    out: list[Row] = []
+    for i, (machine, config) in enumerate(keys):
+        if scored is not None and config not in scored:
+            continue
+        others = [j for j, (m, c) in enumerate(keys) if m == machine and c != config]
+        best = HOST_FACTORS.index(1.0)
+        if len({keys[j][1] for j in others}) >= 2:
+            best = min(range(len(HOST_FACTORS)),
+                       key=lambda k: float(np.mean([e for j in others for e in sq[k][j]] or [0.0])))
+        out += [dataclasses.replace(r, host=HOST_FACTORS[best]) for r in per_factor[best][i]]
+    return out
 
 
 def ttft_split(metrics: dict[str, Any]) -> dict[str, float]:
@@ -285,44 +361,61 @@ def config_of(point: dict[str, Any]) -> str:
 
 
 def held_out(points: list[dict[str, Any]], k: int, *, iters: int = 300, gpu: str = "h100-80gb",
-             jobs: int = 1) -> list[Row]:
+             jobs: int = 1, per_machine: bool = False) -> list[Row]:
     """k-fold by config: every point scored by a simulator fitted to the configs of the other folds only, so no
     score comes from a point the fit saw (nor from another load of the same config). Configs go to folds in
     turn, sorted, so the split is reproducible. ``jobs`` > 1 fits that many folds at once in worker processes
-    (a fold's 200-iteration fit is ~20 min of one core on the 42 H100 configs)."""
+    (a fold's 200-iteration fit is ~20 min of one core on the 42 H100 configs). ``per_machine``: each fold's points
+    replayed on their machine's host speed (:func:`host_fitted`, from the other configs of their machine)."""
     from concurrent.futures import ProcessPoolExecutor
-    from functools import partial
 
     configs = sorted({config_of(p) for p in points})
     if not 2 <= k <= len(configs):
         raise ValueError(f"k-fold needs 2 <= k <= {len(configs)} configs, got k={k}")
     tests = [{*configs[fold::k]} for fold in range(k)]
-    one_fold = partial(_fold_rows, points=points, iters=iters, gpu=gpu)
+    one_fold = partial(_fold_rows, points=points, iters=iters, gpu=gpu, per_machine=per_machine)
     if jobs <= 1:
         return [r for test in tests for r in one_fold(test)]
     with ProcessPoolExecutor(jobs) as pool:
         return [r for rows in pool.map(one_fold, tests) for r in rows]
 
 
-def _fold_rows(test: set[str], points: list[dict[str, Any]], iters: int, gpu: str) -> list[Row]:
+def _fold_rows(test: set[str], points: list[dict[str, Any]], iters: int, gpu: str, per_machine: bool) -> list[Row]:
     cal = fit([p for p in points if config_of(p) not in test], iters=iters, gpu=gpu)
+    if per_machine:
+        return host_fitted(points, cal, scored=test, gpu=gpu)
     return compare([p for p in points if config_of(p) in test], cal, gpu=gpu)
 
 
 def noise_floor(points: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per metric, the median coefficient of variation of repeated loads: the same config and load shape, on
-    their own prompt seeds or on other servers (the same study setting run on another day; groups of two or more),
-    and how many groups. A simulator cannot be asked to be closer to a real point than the real server is to
-    itself."""
-    groups: dict[str, list[dict[str, float]]] = {}
-    for p in points:
+    """Per metric, how far real loads of the same config and load shape are from each other: ``cv``, the median
+    coefficient of variation of the repeats on one machine (their own prompt seeds; ``groups`` of two or more), and
+    ``cv_machines``, that of the per-machine means where two or more machines ran it (``machine_groups``). A
+    simulator cannot be asked to be closer to a real point than the real server is to itself, nor, knowing
+    nothing of the machine, closer than two machines are to each other."""
+    groups: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for p, machine in zip(points, machines(points), strict=True):
         if p["status"] == "ok":  # the shape with every default filled in: older logs leave out newer fields
             shape = {k: v for k, v in Workload.from_dict(p["workload"]).to_dict().items() if k != "seed"}
-            groups.setdefault(config_of(p) + json.dumps(shape, sort_keys=True), []).append(p["metrics"])
+            key = config_of(p) + json.dumps(shape, sort_keys=True)
+            groups.setdefault(key, {}).setdefault(machine, []).append(p["metrics"])
     out: dict[str, dict[str, float]] = {}
     for metric in METRICS:
-        cvs = [statistics.stdev(v) / statistics.fmean(v) for ms in groups.values() if len(ms) > 1
-               if (v := [float(m[metric]) for m in ms]) and statistics.fmean(v) > 0]
-        if cvs:
-            out[metric] = {"cv": statistics.median(cvs), "groups": len(cvs)}
+        within = [cv for by_machine in groups.values() for ms in by_machine.values()
+                  if len(ms) > 1 and (cv := _cv([float(m[metric]) for m in ms])) is not None]
+        across = [cv for by_machine in groups.values() if len(by_machine) > 1
+                  if (cv := _cv([statistics.fmean(float(m[metric]) for m in ms) for ms in by_machine.values()]))
+                  is not None]
+        floor: dict[str, float] = {}
+        if within:
+            floor |= {"cv": statistics.median(within), "groups": len(within)}
+        if across:
+            floor |= {"cv_machines": statistics.median(across), "machine_groups": len(across)}
+        if floor:
+            out[metric] = floor
     return out
+
+
+def _cv(values: list[float]) -> float | None:
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean > 0 else None

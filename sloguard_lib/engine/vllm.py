@@ -49,7 +49,7 @@ from sloguard_lib.engine.gpu_turn import memory_turn
 from sloguard_lib.engine.phases import LOAD, READY, TEARDOWN, PhaseClock
 from sloguard_lib.engine.spare import Spare, SpareFault, split_launcher
 from sloguard_lib.errors import InputError
-from sloguard_lib.hardware import GpuProfile, ModelShape, latency_floor_ms
+from sloguard_lib.hardware import GpuProfile, ModelShape, detect_gpu_uuid, latency_floor_ms
 from sloguard_lib.measure.loadgen import STALL, LoadTarget, client_name, run_load
 from sloguard_lib.measure.metrics import LoadResult, RequestResult
 from sloguard_lib.measure.workload import Workload
@@ -259,7 +259,8 @@ class VllmEngine:
                 server.info = ServerInfo(
                     backend=self.name, engine_version=server.version(), gpu=self.gpu.name, model=self.model.name,
                     start_s=time.perf_counter() - t0, kv_cache_tokens=server.kv_cache_tokens(),
-                    extra={"log": str(log_path), "launcher": how, "phases": server.clock.phases()})
+                    extra={"log": str(log_path), "launcher": how, "phases": server.clock.phases(),
+                           "gpu_uuid": detect_gpu_uuid()})
             except BaseException as e:  # a crash, Ctrl-C / SIGTERM / SIGHUP during start-up: never leave it running
                 if server is None:  # the server object itself failed: end the process group it was to own
                     with contextlib.suppress(ProcessLookupError, PermissionError):
