@@ -123,9 +123,10 @@ def detect_gpu_name() -> str | None:
 
 @cache
 def detect_gpu_uuid() -> str | None:
-    """The local GPU's UUID (nvidia-smi), or None: which physical card measured a record. Lent H100s of one kind
-    differ: eager decode, bound by the host launching kernels, read 1.66x slower on one than on another
-    (results/h100/multiseed/README.md), so figures are compared per card (``fidelity.machines``)."""
+    """The UUID of the machine's first GPU (nvidia-smi), or None: it names the machine that measured a record
+    (its host CPU and cards). Lent H100s of one kind differ: eager decode, bound by the host launching kernels,
+    read 1.66x slower on one than on another (results/h100/multiseed/README.md), so figures are compared per
+    machine (``fidelity.machines``)."""
     return _query_nvidia_smi("uuid")
 
 

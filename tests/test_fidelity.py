@@ -9,6 +9,10 @@ import pytest
 
 from sloguard_lib.analysis import fidelity
 from sloguard_lib.engine.calibration import DEFAULT, SimCalibration
+from sloguard_lib.engine.sim import SimEngine
+from sloguard_lib.hardware import get_gpu, resolve_model
+from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.workload import Workload
 
 
 def _point(config: dict[str, Any], seed: int, throughput: float, concurrency: int = 32) -> dict[str, Any]:
@@ -72,11 +76,6 @@ def test_each_point_is_replayed_on_the_host_speed_its_machines_other_configs_sho
 
 
 def _sim_metrics(config: dict[str, Any], wl: dict[str, Any], cal: SimCalibration) -> dict[str, float]:
-    from sloguard_lib.engine.sim import SimEngine
-    from sloguard_lib.hardware import get_gpu, resolve_model
-    from sloguard_lib.measure.metrics import summarize
-    from sloguard_lib.measure.workload import Workload
-
     server = SimEngine(resolve_model("qwen2-1.5b"), get_gpu("h100-80gb"), cal=cal).launch(config, trial_seed=0)
     return summarize(server.run_load(Workload.from_dict(wl)))
 
@@ -124,7 +123,8 @@ STUDY = fidelity.DEFAULT_DATA.parent / "study" / "qwen2-1.5b_h100-80gb_vllm_tba-
 
 def test_a_real_study_log_becomes_points_of_the_configs_it_launched(tmp_path: Any) -> None:
     header, *trials = (json.loads(line) for line in STUDY.read_text().splitlines())
-    ok = trials[10] | {"params": trials[10]["params"] | {"max_num_batched_tokens": 600}}  # below max_model_len 1129
+    ok = trials[10] | {"params": trials[10]["params"] | {"max_num_batched_tokens": 600},  # below max_model_len 1129
+                       "engine_info": {"gpu_uuid": "GPU-9"}}
     log = tmp_path / "study.jsonl"
     lines = [header, ok, trials[3] | {"early_stop": {"reason": "slo"}}, trials[4] | {"status": "error"},
              trials[5] | {"pending": [4]},
@@ -138,6 +138,7 @@ def test_a_real_study_log_becomes_points_of_the_configs_it_launched(tmp_path: An
     assert points[0]["metrics"]["throughput_tok_s"] == trials[10]["metrics"]["throughput_tok_s"]
     assert points[0]["workload"]["concurrency"] == 32 and points[0]["prefix_cache_fraction"] == 0.0
     assert points[1]["crash_class"] == "oom"
+    assert fidelity.machines(points) == ["GPU-9", f"machine of {trials[6]['finished']}"]
     rows = fidelity.compare(points)
     assert {r.metric for r in rows} == {"kv_cache_tokens", "crash_class", *fidelity.METRICS}
     log.write_text(json.dumps(header | {"objective": "capacity"}) + "\n" + json.dumps(ok) + "\n")
