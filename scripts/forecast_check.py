@@ -44,8 +44,9 @@ def main() -> None:
     print("| optimizer, seed | trial | config | sim | real | TTFT p99 ms | ITL p99 ms | throughput tok/s | real s |")
     print("|---|---|---|---|---|---|---|---|---|")
     agree = {"same": [0, 0], "other": [0, 0]}
-    for path in sorted(args.real.glob("*.jsonl"), key=lambda p: (read_log(p).header["seed"], p.name)):
-        real = read_log(path)
+    logs = sorted(((path, read_log(path)) for path in args.real.glob("*.jsonl")),
+                  key=lambda pl: (pl[1].header["seed"], pl[0].name))
+    for path, real in logs:
         h = real.header
         forecast_path = args.forecast / path.name.replace(f"_{h['backend']}_", "_sim_")
         if not forecast_path.exists():

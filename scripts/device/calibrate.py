@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import numpy as np
 from sloguard_lib.engine.base import EngineCrash
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.engine.vllm import VllmEngine
-from sloguard_lib.hardware import GIB, detect_gpu_uuid, get_gpu, resolve_model
+from sloguard_lib.hardware import GIB, detect_gpu_name, detect_gpu_uuid, get_gpu, resolve_model
 from sloguard_lib.measure.metrics import summarize
 from sloguard_lib.measure.workload import Workload
 from sloguard_lib.study.runner import default_space
@@ -152,14 +151,6 @@ GRIDS: dict[str, Callable[[str], list[tuple[str, dict[str, Any], list[Workload]]
     "h100": lambda gpu: GRID, "fidelity": fidelity_grid}
 
 
-def gpu_name() -> str:
-    try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -176,7 +167,7 @@ def main() -> None:
     grid = GRIDS[args.grid](args.gpu)
     skip = done_configs(out / "calibration.jsonl", grid) if args.resume else set()
     t_begin = time.perf_counter()
-    name_gpu = gpu_name()
+    name_gpu = detect_gpu_name() or "unknown"
     with open(out / "calibration.jsonl", "a") as f:
         def emit(rec: dict[str, Any]) -> None:
             rec |= {"gpu": name_gpu, "gpu_uuid": detect_gpu_uuid(), "model": "qwen2-1.5b (dummy weights)",
