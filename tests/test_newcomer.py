@@ -268,7 +268,7 @@ def test_crash_map_draws_crashes_red(tmp_path: Path, monkeypatch: pytest.MonkeyP
                         workload=Workload(concurrency=8, num_requests=16)), tmp_path)
     df = report.load_trials(tmp_path)
     assert (df.status == "crash").any()
-    saved = {}
+    saved: dict[str, matplotlib.figure.Figure] = {}
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
                         lambda self, path, **kw: saved.__setitem__(Path(path).name, self))
     report.write_figures(df, report.per_run(df), tmp_path / "f")
@@ -441,3 +441,29 @@ def test_the_reaper_spares_servers_whose_sloguard_still_runs(tmp_path: Path) -> 
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+def test_a_pid_file_is_seen_whole_or_not_at_all(tmp_path: Path) -> None:
+    """The interrupt test (and the next run's reaper) read a pid file the moment it exists; CI once read it empty
+    (the write truncates first). 2000 rewrites under a reader that never stops: it must only ever see four fields."""
+    import threading
+
+    from sloguard_lib.engine import reaper
+
+    pid_file, done = tmp_path / "trial000_port1.pid", threading.Event()
+    seen: set[int] = set()
+
+    def read() -> None:
+        while not done.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                seen.add(len(pid_file.read_text().split()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(2000):
+            reaper.record(pid_file, os.getpid())
+    finally:
+        done.set()
+        reader.join()
+    assert seen == {4} and [p.name for p in tmp_path.iterdir()] == [pid_file.name]

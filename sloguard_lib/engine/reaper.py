@@ -55,8 +55,16 @@ def wait_gone(pgid: int, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _write_whole(pid_file: Path, text: str) -> None:
+    """Write beside, then rename: a reader (the next run's :func:`reap`, a test) sees no file or all of it. A plain
+    ``write_text`` left the file empty for a moment, and a CI run read it then (``IndexError`` on its split)."""
+    partial = pid_file.with_name(pid_file.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, pid_file)
+
+
 def record(pid_file: Path, pgid: int) -> None:
-    pid_file.write_text(f"{pgid} {start_time(pgid)} {os.getpid()} {start_time(os.getpid())}\n")
+    _write_whole(pid_file, f"{pgid} {start_time(pgid)} {os.getpid()} {start_time(os.getpid())}\n")
 
 
 def reap(folder: Path, grace_s: float = 3.0) -> list[int]:
@@ -99,7 +107,7 @@ def record_processes(pid_file: Path, pids: list[int]) -> None:
     """Like :func:`record`, for processes that are not a group of their own (a local Ray's head processes)."""
     me = os.getpid()
     lines = [f"{me} {start_time(me)}"] + [f"{p} {start_time(p)}" for p in pids if start_time(p) is not None]
-    pid_file.write_text("\n".join(lines) + "\n")
+    _write_whole(pid_file, "\n".join(lines) + "\n")
 
 
 def reap_processes(folder: Path) -> list[int]:
