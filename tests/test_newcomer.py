@@ -273,6 +273,7 @@ def test_crash_map_draws_crashes_red(tmp_path: Path, monkeypatch: pytest.MonkeyP
                         lambda self, path, **kw: saved.__setitem__(Path(path).name, self))
     report.write_figures(df, report.per_run(df), tmp_path / "f")
     legend = saved["crash_map.png"].axes[0].get_legend()
+    assert legend is not None
     colours = {t.get_text(): matplotlib.colors.to_rgb(h.get_color())
                for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)}
     assert colours["crash"] == pytest.approx(matplotlib.colors.to_rgb("tab:red"))
