@@ -274,7 +274,7 @@ def test_crash_map_draws_crashes_red(tmp_path: Path, monkeypatch: pytest.MonkeyP
     report.write_figures(df, report.per_run(df), tmp_path / "f")
     legend = saved["crash_map.png"].axes[0].get_legend()
     assert legend is not None
-    colours = {t.get_text(): matplotlib.colors.to_rgb(h.get_color())
+    colours = {t.get_text(): matplotlib.colors.to_rgb(h.get_color())  # type: ignore[union-attr]
                for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)}
     assert colours["crash"] == pytest.approx(matplotlib.colors.to_rgb("tab:red"))
     assert colours["ok"] == pytest.approx(matplotlib.colors.to_rgb("tab:green"))
