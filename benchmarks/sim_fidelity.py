@@ -1,6 +1,7 @@
 """Simulator vs every real H100 point its constants are fitted to (``fidelity.FIT_FILES``: 42 configs, 85 loads).
 
-    python benchmarks/sim_fidelity.py [--data FILE ...] [--per-machine] [--kfold 5 [--iters 200] [--jobs 5]]
+    python benchmarks/sim_fidelity.py [--data FILE ...] [--per-machine] [--kfold 5 [--iters 200] [--jobs 5]
+                                      [--start-spread 1.5]]
 
 ``--data`` takes calibration files and real studies' trial logs alike (a study's trials are the configs a tuner
 actually visits; :func:`sloguard_lib.analysis.fidelity.study_points` says which of them count), e.g.
@@ -14,6 +15,8 @@ the points its constants were fitted to. ``--kfold K`` also scores it held out: 
 configs against a simulator re-fitted (``scripts/fit_sim.py``'s fit) to the other folds alone, each metric beside
 the noise floors: the median coefficient of variation of repeated loads of one config and load shape on one
 machine, and of the per-machine means where several machines ran it (lent H100s differ: eager decode 1.66x).
+Each fold's fit starts from the packaged constants, which saw every fold; ``--start-spread F`` starts it from
+them each moved by up to a factor F instead, so a fit that stops early cannot hand the test fold's data on.
 ``--per-machine`` replays every point on the host speed its machine's *other* configs fit best
 (``fidelity.host_fitted``: what a study learns of its own server from its earlier trials) and scores that.
 """
@@ -32,9 +35,10 @@ from sloguard_lib.analysis.fidelity import (
     host_fitted,
     load_points,
     noise_floor,
+    start_point,
     summary,
 )
-from sloguard_lib.engine.calibration import H100_REFERENCE
+from sloguard_lib.engine.calibration import DEFAULT, H100_REFERENCE, SimCalibration
 
 
 def main() -> None:
@@ -43,6 +47,8 @@ def main() -> None:
     ap.add_argument("--kfold", type=int, default=0, metavar="K", help="also score K-fold held out by config")
     ap.add_argument("--iters", type=int, default=300, help="Nelder-Mead iterations of each fold's fit")
     ap.add_argument("--jobs", type=int, default=1, help="folds fitted at once, one process each")
+    ap.add_argument("--start-spread", type=float, default=1.0, metavar="F",
+                    help="start each fold's fit from the packaged constants each times a factor in [1/F, F]")
     ap.add_argument("--per-machine", action="store_true",
                     help="replay each point on the host speed of its machine's other configs")
     args = ap.parse_args()
@@ -68,7 +74,7 @@ def main() -> None:
     noise = noise_floor(points)
     print("\nnoise floors: " + "; ".join(f"{m} {floors(n)}" for m, n in noise.items()))
     if args.kfold:
-        kfold(points, args.kfold, args.iters, args.jobs, args.per_machine, noise)
+        kfold(points, args.kfold, args.iters, args.jobs, args.per_machine, noise, start_point(args.start_spread))
 
 
 def floors(n: dict[str, float]) -> str:
@@ -79,13 +85,14 @@ def floors(n: dict[str, float]) -> str:
 
 
 def kfold(points: list[dict], k: int, iters: int, jobs: int, per_machine: bool,  # type: ignore[type-arg]
-          noise: dict[str, dict[str, float]]) -> None:
+          noise: dict[str, dict[str, float]], start: SimCalibration) -> None:
     """The held-out table. Its bar is 15 % or the noise floor where that is larger: across machines for a
     simulator that knows nothing of the machine, on one machine with ``--per-machine``."""
-    s = summary(held_out(points, k, iters=iters, jobs=jobs, per_machine=per_machine))
+    s = summary(held_out(points, k, iters=iters, jobs=jobs, per_machine=per_machine, start=start))
     key = "cv" if per_machine else "cv_machines"
     where = ", each point on its machine's host speed" if per_machine else ""
-    print(f"\nheld out, {k}-fold by config ({len({str(p['config']) for p in points})} configs){where}:")
+    print(f"\nheld out, {k}-fold by config ({len({str(p['config']) for p in points})} configs){where}"
+          f"{'' if start == DEFAULT else ', each fit started off the packaged constants'}:")
     print("| metric | median abs. error | worst | points | noise floors (CV) | target |")
     print("|---|---|---|---|---|---|")
     for metric, v in s.items():

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,12 @@ def test_held_out_never_scores_a_point_with_a_fit_that_saw_its_config(monkeypatc
     seen: list[set[str]] = []
     scored: list[str] = []
 
+    starts: list[SimCalibration] = []
+    start = fidelity.start_point(1.5, seed=3)
+
     def fake_fit(train: list[dict[str, Any]], cal: SimCalibration = DEFAULT, **_: Any) -> SimCalibration:
         seen.append({fidelity.config_of(p) for p in train})
+        starts.append(cal)
         return DEFAULT
 
     real_compare = fidelity.compare
@@ -99,7 +104,8 @@ def test_held_out_never_scores_a_point_with_a_fit_that_saw_its_config(monkeypatc
 
     monkeypatch.setattr(fidelity, "fit", fake_fit)
     monkeypatch.setattr(fidelity, "compare", recording_compare)
-    rows = fidelity.held_out(points, 3, iters=1)
+    rows = fidelity.held_out(points, 3, iters=1, start=start)
+    assert starts == [start] * 3  # every fold's fit starts where it was told, not at the all-data constants
     assert len(seen) == 3 and sorted(scored) == sorted(fidelity.config_of(p) for p in points)  # each point once
     assert len(rows) == len(real_compare(points))
     configs = len({fidelity.config_of(p) for p in points})
@@ -180,3 +186,12 @@ def test_every_point_is_simulated_on_the_gpu_it_was_measured_on() -> None:
     assert isinstance(kv["h200"], float) and 1.8 < kv["h200"] / kv["h100"] < 1.9
     with pytest.raises(ValueError, match="measured on 'NVIDIA B200', a GPU without a profile"):
         fidelity.compare([points[0] | {"gpu": "NVIDIA B200"}])
+
+
+def test_a_start_point_moves_every_fitted_constant_within_its_spread_and_no_other() -> None:
+    start = fidelity.start_point(1.5, seed=0)
+    ratios = [getattr(start, k) / getattr(DEFAULT, k) for k in fidelity.FITTED]
+    assert all(1 / 1.5 <= r <= 1.5 for r in ratios) and min(abs(math.log(r)) for r in ratios) > 0
+    assert max(ratios) / min(ratios) > 1.5  # spread over the range, not one common factor
+    assert start.boot_s == DEFAULT.boot_s and start.hiccup_prob == DEFAULT.hiccup_prob
+    assert fidelity.start_point(1.5, seed=0) == start and fidelity.start_point(1.0) == DEFAULT

@@ -356,32 +356,43 @@ def fit(points: list[dict[str, Any]], cal: SimCalibration = DEFAULT, *, iters: i
     return with_x(res.x)
 
 
+def start_point(spread: float, seed: int = 0, cal: SimCalibration = DEFAULT) -> SimCalibration:
+    """``cal`` with every :data:`FITTED` constant times its own factor, log-uniform in [1/spread, spread]: a fit's
+    start that remembers the packaged (all-data) fit only to within that factor."""
+    rng = np.random.default_rng(seed)
+    factors = np.exp(rng.uniform(-math.log(spread), math.log(spread), len(FITTED)))
+    return dataclasses.replace(cal, **{k: getattr(cal, k) * float(f) for k, f in zip(FITTED, factors, strict=True)})
+
+
 def config_of(point: dict[str, Any]) -> str:
     return json.dumps(point["config"], sort_keys=True)
 
 
 def held_out(points: list[dict[str, Any]], k: int, *, iters: int = 300, gpu: str = "h100-80gb",
-             jobs: int = 1, per_machine: bool = False) -> list[Row]:
+             jobs: int = 1, per_machine: bool = False, start: SimCalibration = DEFAULT) -> list[Row]:
     """k-fold by config: every point scored by a simulator fitted to the configs of the other folds only, so no
     score comes from a point the fit saw (nor from another load of the same config). Configs go to folds in
     turn, sorted, so the split is reproducible. ``jobs`` > 1 fits that many folds at once in worker processes
     (a fold's 200-iteration fit is ~20 min of one core on the 42 H100 configs). ``per_machine``: each fold's points
-    replayed on their machine's host speed (:func:`host_fitted`, from the other configs of their machine)."""
+    replayed on their machine's host speed (:func:`host_fitted`, from the other configs of their machine).
+    ``start``: where each fold's fit starts. The packaged constants were fitted to every fold, so a fit that
+    stopped near them would carry the test fold's data; :func:`start_point` gives starts that do not."""
     from concurrent.futures import ProcessPoolExecutor
 
     configs = sorted({config_of(p) for p in points})
     if not 2 <= k <= len(configs):
         raise ValueError(f"k-fold needs 2 <= k <= {len(configs)} configs, got k={k}")
     tests = [{*configs[fold::k]} for fold in range(k)]
-    one_fold = partial(_fold_rows, points=points, iters=iters, gpu=gpu, per_machine=per_machine)
+    one_fold = partial(_fold_rows, points=points, iters=iters, gpu=gpu, per_machine=per_machine, start=start)
     if jobs <= 1:
         return [r for test in tests for r in one_fold(test)]
     with ProcessPoolExecutor(jobs) as pool:
         return [r for rows in pool.map(one_fold, tests) for r in rows]
 
 
-def _fold_rows(test: set[str], points: list[dict[str, Any]], iters: int, gpu: str, per_machine: bool) -> list[Row]:
-    cal = fit([p for p in points if config_of(p) not in test], iters=iters, gpu=gpu)
+def _fold_rows(test: set[str], points: list[dict[str, Any]], iters: int, gpu: str, per_machine: bool,
+               start: SimCalibration) -> list[Row]:
+    cal = fit([p for p in points if config_of(p) not in test], start, iters=iters, gpu=gpu)
     if per_machine:
         return host_fitted(points, cal, scored=test, gpu=gpu)
     return compare([p for p in points if config_of(p) in test], cal, gpu=gpu)
