@@ -398,18 +398,25 @@ def _fold_rows(test: set[str], points: list[dict[str, Any]], iters: int, gpu: st
     return compare([p for p in points if config_of(p) in test], cal, gpu=gpu)
 
 
+def repeat_groups(points: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[dict[str, float]]]]:
+    """The measured loads of ``points`` by (:func:`config_of`, load shape without its prompt seed), then by
+    machine (:func:`machines`): the repeats the noise floors are taken over."""
+    groups: dict[tuple[str, str], dict[str, list[dict[str, float]]]] = {}
+    for p, machine in zip(points, machines(points), strict=True):
+        if p["status"] == "ok":  # the shape with every default filled in: older logs leave out newer fields
+            shape = {k: v for k, v in Workload.from_dict(p["workload"]).to_dict().items() if k != "seed"}
+            key = (config_of(p), json.dumps(shape, sort_keys=True))
+            groups.setdefault(key, {}).setdefault(machine, []).append(p["metrics"])
+    return groups
+
+
 def noise_floor(points: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per metric, how far real loads of the same config and load shape are from each other: ``cv``, the median
     coefficient of variation of the repeats on one machine (their own prompt seeds; ``groups`` of two or more), and
     ``cv_machines``, that of the per-machine means where two or more machines ran it (``machine_groups``). A
     simulator cannot be asked to be closer to a real point than the real server is to itself, nor, knowing
     nothing of the machine, closer than two machines are to each other."""
-    groups: dict[str, dict[str, list[dict[str, float]]]] = {}
-    for p, machine in zip(points, machines(points), strict=True):
-        if p["status"] == "ok":  # the shape with every default filled in: older logs leave out newer fields
-            shape = {k: v for k, v in Workload.from_dict(p["workload"]).to_dict().items() if k != "seed"}
-            key = config_of(p) + json.dumps(shape, sort_keys=True)
-            groups.setdefault(key, {}).setdefault(machine, []).append(p["metrics"])
+    groups = repeat_groups(points)
     out: dict[str, dict[str, float]] = {}
     for metric in METRICS:
         within = [cv for by_machine in groups.values() for ms in by_machine.values()
