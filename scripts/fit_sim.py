@@ -23,7 +23,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--data", nargs="+", default=fit_data(Path(__file__).resolve().parents[1]), metavar="FILE",
                     help="calibration files and real studies' trial logs (default: fidelity.FIT_FILES)")
-    ap.add_argument("--start-spread", type=float, default=1.0, metavar="F")
+    ap.add_argument("--start-spread", type=float, default=1.0, metavar="F",
+                    help="start from the packaged constants each times a factor in [1/F, F] (default 1: from them)")
     args = ap.parse_args()
     points = [p for path in args.data for p in load_points(path)]
     cal = fit(points, start_point(args.start_spread), iters=args.iters)
