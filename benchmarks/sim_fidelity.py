@@ -1,7 +1,7 @@
 """Simulator vs every real H100 point its constants are fitted to (``fidelity.FIT_FILES``: 42 configs, 85 loads).
 
-    python benchmarks/sim_fidelity.py [--data FILE ...] [--per-machine] [--kfold 5 [--iters 200] [--jobs 5]
-                                      [--start-spread 1.5]]
+    python benchmarks/sim_fidelity.py [--data FILE ...] [--per-machine] [--kfold 5 [--iters 30] [--jobs 5]
+                                      [--start-spread 1.5] [--method trf|nelder-mead]]
 
 ``--data`` takes calibration files and real studies' trial logs alike (a study's trials are the configs a tuner
 actually visits; :func:`sloguard_lib.analysis.fidelity.study_points` says which of them count), e.g.
@@ -45,7 +45,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", nargs="+", default=fit_data(Path(__file__).resolve().parents[1]), metavar="FILE")
     ap.add_argument("--kfold", type=int, default=0, metavar="K", help="also score K-fold held out by config")
-    ap.add_argument("--iters", type=int, default=300, help="Nelder-Mead iterations of each fold's fit")
+    ap.add_argument("--iters", type=int, default=30,
+                    help="steps of each trust-region run of a fold's fit, or its Nelder-Mead iterations")
+    ap.add_argument("--method", choices=("trf", "nelder-mead"), default="trf", help="how each fold is fitted")
     ap.add_argument("--jobs", type=int, default=1, help="folds fitted at once, one process each")
     ap.add_argument("--start-spread", type=float, default=1.0, metavar="F",
                     help="start each fold's fit from the packaged constants each times a factor in [1/F, F]")
@@ -74,7 +76,8 @@ def main() -> None:
     noise = noise_floor(points)
     print("\nnoise floors: " + "; ".join(f"{m} {floors(n)}" for m, n in noise.items()))
     if args.kfold:
-        kfold(points, args.kfold, args.iters, args.jobs, args.per_machine, noise, start_point(args.start_spread))
+        kfold(points, args.kfold, args.iters, args.jobs, args.per_machine, noise, start_point(args.start_spread),
+              args.method)
 
 
 def floors(n: dict[str, float]) -> str:
@@ -85,14 +88,14 @@ def floors(n: dict[str, float]) -> str:
 
 
 def kfold(points: list[dict], k: int, iters: int, jobs: int, per_machine: bool,  # type: ignore[type-arg]
-          noise: dict[str, dict[str, float]], start: SimCalibration) -> None:
+          noise: dict[str, dict[str, float]], start: SimCalibration, method: str) -> None:
     """The held-out table. Its bar is 15 % or the noise floor where that is larger: across machines for a
     simulator that knows nothing of the machine, on one machine with ``--per-machine``."""
-    s = summary(held_out(points, k, iters=iters, jobs=jobs, per_machine=per_machine, start=start))
+    s = summary(held_out(points, k, iters=iters, jobs=jobs, per_machine=per_machine, start=start, method=method))
     key = "cv" if per_machine else "cv_machines"
     where = ", each point on its machine's host speed" if per_machine else ""
     print(f"\nheld out, {k}-fold by config ({len({str(p['config']) for p in points})} configs){where}"
-          f"{'' if start == DEFAULT else ', each fit started off the packaged constants'}:")
+          f"{'' if start == DEFAULT else ', each fit started off the packaged constants'}, fitted by {method}:")
     print("| metric | median abs. error | worst | points | noise floors (CV) | target |")
     print("|---|---|---|---|---|---|")
     for metric, v in s.items():
