@@ -2,7 +2,8 @@
 
 Fitted (``scripts/fit_sim.py --method nelder-mead --iters 200``, on the files of ``fidelity.FIT_FILES``) to real
 vLLM 0.26.0 on H100 80GBs serving a dummy-weight Qwen2-1.5B: 85 loads of 42 configs
-(``sloguard_lib/data/h100/calibration.jsonl``, the fidelity grid, real studies' trials), measured with this package's load generator. Physical
+(``sloguard_lib/data/h100/calibration.jsonl``, the fidelity grid, real studies' trials), measured with this
+package's load generator. Physical
 constants (bandwidth, FLOP/s) live in :mod:`sloguard_lib.hardware`; these are the *efficiencies and
 overheads* that turn the roofline into the times vLLM actually shows. ``benchmarks/sim_fidelity.py`` prints
 sim vs real for every point.
