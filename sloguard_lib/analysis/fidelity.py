@@ -343,9 +343,9 @@ def fit(points: list[dict[str, Any]], cal: SimCalibration = DEFAULT, *, iters: i
     finite-difference Jacobian of 5 % steps (the sim's figures jump between event orders at smaller ones) and at most
     ``iters`` steps a run, restarted from where it stops until a restart moves no constant by 1 %: at the sim's kinks
     the trust region collapses, and a fresh Jacobian gets past some. Measured on the 42 H100 configs (2026-12-07,
-    ``scripts/fit_sim.py``): from a start 1.5x off the packaged constants, 12 minutes (four runs) to in-sample medians
-    TTFT p50/p99 15.6/14.0 %, ITL p50/p99 10.7/22.4 %, throughput 8.4 %, where 200 Nelder-Mead iterations (20
-    minutes) stopped at 18.0/17.6/11.4/20.2/10.5 %.
+    ``scripts/fit_sim.py --start-spread 1.5``): from a start 1.5x off the packaged constants, about 12 minutes to
+    in-sample medians TTFT p50/p99 15.2/13.3 %, ITL p50/p99 10.5/23.9 %, throughput 8.6 %, where 200 Nelder-Mead
+    iterations (20 minutes) stopped at 18.0/17.6/11.4/20.2/10.5 %.
     ``nelder-mead``: the mean squared log-error by Nelder-Mead, ``iters`` iterations: what fitted the packaged
     constants (13.3/12.5/11.0/20.3/11.2 % in sample), kept to reproduce them."""
     from scipy.optimize import least_squares, minimize
