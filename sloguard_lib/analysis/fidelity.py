@@ -343,7 +343,7 @@ def fit(points: list[dict[str, Any]], cal: SimCalibration = DEFAULT, *, iters: i
     finite-difference Jacobian of 5 % steps (the sim's figures jump between event orders at smaller ones) and at most
     ``iters`` steps a run, restarted from where it stops until a restart moves no constant by 1 %: at the sim's kinks
     the trust region collapses, and a fresh Jacobian gets past some. Measured on the 42 H100 configs (2026-12-07,
-    ``scripts/fit_sim.py --start-spread 1.5``): from a start 1.5x off the packaged constants, about 12 minutes to
+    ``scripts/fit_sim.py --start-spread 1.5``): from a start 1.5x off the packaged constants, 12-22 minutes to
     in-sample medians TTFT p50/p99 15.2/13.3 %, ITL p50/p99 10.5/23.9 %, throughput 8.6 %, where 200 Nelder-Mead
     iterations (20 minutes) stopped at 18.0/17.6/11.4/20.2/10.5 %.
     ``nelder-mead``: the mean squared log-error by Nelder-Mead, ``iters`` iterations: what fitted the packaged
@@ -402,7 +402,7 @@ def held_out(points: list[dict[str, Any]], k: int, *, iters: int = 30, gpu: str 
     """k-fold by config: every point scored by a simulator fitted to the configs of the other folds only, so no
     score comes from a point the fit saw (nor from another load of the same config). Configs go to folds in
     turn, sorted, so the split is reproducible. ``jobs`` > 1 fits that many folds at once in worker processes
-    (a fold's fit is 10-20 min of one core on the 42 H100 configs). ``per_machine``: each fold's points
+    (the five folds' trust-region fits took 24 min on 2 cores for the 42 H100 configs). ``per_machine``: each fold's points
     replayed on their machine's host speed (:func:`host_fitted`, from the other configs of their machine).
     ``start``: where each fold's fit starts. The packaged constants were fitted to every fold, so a fit that
     stopped near them would carry the test fold's data; :func:`start_point` gives starts that do not."""
