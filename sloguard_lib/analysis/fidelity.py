@@ -402,7 +402,7 @@ def held_out(points: list[dict[str, Any]], k: int, *, iters: int = 30, gpu: str 
     """k-fold by config: every point scored by a simulator fitted to the configs of the other folds only, so no
     score comes from a point the fit saw (nor from another load of the same config). Configs go to folds in
     turn, sorted, so the split is reproducible. ``jobs`` > 1 fits that many folds at once in worker processes
-    (the five folds' trust-region fits took 24 min on 2 cores for the 42 H100 configs). ``per_machine``: each fold's points
+    (five trust-region folds of the 42 H100 configs: 24 min on 2 cores). ``per_machine``: each fold's points
     replayed on their machine's host speed (:func:`host_fitted`, from the other configs of their machine).
     ``start``: where each fold's fit starts. The packaged constants were fitted to every fold, so a fit that
     stopped near them would carry the test fold's data; :func:`start_point` gives starts that do not."""
