@@ -27,6 +27,7 @@ import argparse
 from pathlib import Path
 
 from sloguard_lib.analysis.fidelity import (
+    FIT_METHODS,
     SPLIT,
     capacity_rows,
     compare,
@@ -47,7 +48,7 @@ def main() -> None:
     ap.add_argument("--kfold", type=int, default=0, metavar="K", help="also score K-fold held out by config")
     ap.add_argument("--iters", type=int, default=30,
                     help="steps of each trust-region run of a fold's fit, or its Nelder-Mead iterations")
-    ap.add_argument("--method", choices=("trf", "nelder-mead"), default="trf", help="how each fold is fitted")
+    ap.add_argument("--method", choices=FIT_METHODS, default="trf", help="how each fold is fitted")
     ap.add_argument("--jobs", type=int, default=1, help="folds fitted at once, one process each")
     ap.add_argument("--start-spread", type=float, default=1.0, metavar="F",
                     help="start each fold's fit from the packaged constants each times a factor in [1/F, F]")

@@ -17,13 +17,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sloguard_lib.analysis.fidelity import FITTED, compare, fit, fit_data, load_points, start_point, summary
+from sloguard_lib.analysis.fidelity import (
+    FIT_METHODS,
+    FITTED,
+    compare,
+    fit,
+    fit_data,
+    load_points,
+    start_point,
+    summary,
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=30, help="steps of each trust-region run, or Nelder-Mead iterations")
-    ap.add_argument("--method", choices=("trf", "nelder-mead"), default="trf")
+    ap.add_argument("--method", choices=FIT_METHODS, default="trf")
     ap.add_argument("--data", nargs="+", default=fit_data(Path(__file__).resolve().parents[1]), metavar="FILE",
                     help="calibration files and real studies' trial logs (default: fidelity.FIT_FILES)")
     ap.add_argument("--start-spread", type=float, default=1.0, metavar="F",

@@ -113,10 +113,15 @@ def test_held_out_never_scores_a_point_with_a_fit_that_saw_its_config(monkeypatc
         fidelity.held_out(points, configs + 1)
 
 
+def _small_loads() -> list[dict[str, Any]]:
+    """Packaged measured loads quick to replay: at most 16 concurrent, 64 requests."""
+    return [p for p in fidelity.load_points() if p["status"] == "ok"
+            and p["workload"]["concurrency"] <= 16 and p["workload"]["num_requests"] <= 64]
+
+
 def test_folds_fitted_in_worker_processes_score_what_one_process_scores() -> None:
     """``--jobs``: the same folds, the same fits, the same rows, only at once (a 200-iteration fold is ~20 min)."""
-    points = [p for p in fidelity.load_points() if p["status"] == "ok"
-              and p["workload"]["concurrency"] <= 16 and p["workload"]["num_requests"] <= 64][:4]
+    points = _small_loads()[:4]
     assert len({fidelity.config_of(p) for p in points}) >= 2
     serial = fidelity.held_out(points, 2, iters=2)
     parallel = fidelity.held_out(points, 2, iters=2, jobs=2)
@@ -203,8 +208,7 @@ def test_the_fit_finds_its_way_back_to_constants_that_made_the_data() -> None:
     truth = fidelity.start_point(1.3, seed=2)
     engine = SimEngine(resolve_model("qwen2-1.5b"), get_gpu("h100-80gb"), cal=truth)
     points = []
-    for p in [p for p in fidelity.load_points() if p["status"] == "ok"
-              and p["workload"]["concurrency"] <= 16 and p["workload"]["num_requests"] <= 64][:4]:
+    for p in _small_loads()[:4]:
         m = summarize(engine.launch(p["config"], trial_seed=0).run_load(Workload.from_dict(p["workload"])))
         points.append({k: v for k, v in p.items() if k != "prefix_cache_fraction"} | {"metrics": m})
 

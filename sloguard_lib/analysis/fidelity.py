@@ -48,6 +48,8 @@ SPLIT = ("queue_mean_ms", "ttft_after_queue_ms")
 FITTED = ("request_overhead_s", "step_overhead_s", "per_seq_overhead_s", "eager_per_layer_s",
           "piecewise_per_layer_s", "compute_eff", "bw_eff", "attn_compute_eff", "hiccup_s", "admit_serial_s",
           "stream_token_s", "busy_input_s")
+#: how :func:`fit` can move them (its docstring says what each reached)
+FIT_METHODS = ("trf", "nelder-mead")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "h100" / "calibration.jsonl"
 #: every real H100 load the packaged constants are fitted to (42 configs, 85 loads), relative to a checkout's root:
 #: the first grid, the fidelity grid's rows, the CUDA-graph-size runs and the trials of the seed-42 tba-tpe studies.
@@ -350,7 +352,7 @@ def fit(points: list[dict[str, Any]], cal: SimCalibration = DEFAULT, *, iters: i
     constants (13.3/12.5/11.0/20.3/11.2 % in sample), kept to reproduce them."""
     from scipy.optimize import least_squares, minimize
 
-    if method not in ("trf", "nelder-mead"):
+    if method not in FIT_METHODS:
         raise ValueError(f"fit method is trf or nelder-mead, got {method!r}")
     ok = [p for p in points if p["status"] == "ok"]
 
