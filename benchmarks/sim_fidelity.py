@@ -14,7 +14,9 @@ Prints sim, real and relative error per point and metric, then the median and wo
 the points its constants were fitted to. ``--kfold K`` also scores it held out: the points of each fold of
 configs against a simulator re-fitted (``scripts/fit_sim.py``'s fit) to the other folds alone, each metric beside
 the noise floors: the median coefficient of variation of repeated loads of one config and load shape on one
-machine, and of the per-machine means where several machines ran it (lent H100s differ: eager decode 1.66x).
+machine, and of the per-machine means where several machines ran it (lent H100s differ: eager decode 1.66x), and
+the repeat errors that are the bar: the median |error| of predicting each repeated load by the mean of its
+config's other loads (on any machine; on its own).
 Each fold's fit starts from the packaged constants, which saw every fold; ``--start-spread F`` starts it from
 them each moved by up to a factor F instead, so a fit that stops early cannot hand the test fold's data on.
 ``--per-machine`` replays every point on the host speed its machine's *other* configs fit best
@@ -85,19 +87,29 @@ def floors(n: dict[str, float]) -> str:
     one = f"{n['cv']:.1%} on one machine ({n['groups']:.0f} groups)" if "cv" in n else "no repeats on one machine"
     many = (f"{n['cv_machines']:.1%} across machines ({n['machine_groups']:.0f})" if "cv_machines" in n
             else "no config on two machines")
-    return f"{one}, {many}"
+    return f"CV {one}, {many}; {repeat(n)}"
+
+
+def repeat(n: dict[str, float]) -> str:
+    """The repeat errors (``fidelity.noise_floor``): the floors on the scale of a median |error|."""
+    across = (f"repeat error {n['repeat_err']:.1%} ({n['repeat_loads']:.0f} loads)" if "repeat_err" in n
+              else "no repeated loads")
+    one = (f"{n['repeat_err_machine']:.1%} on one machine ({n['repeat_loads_machine']:.0f})"
+           if "repeat_err_machine" in n else "none on one machine")
+    return f"{across}, {one}"
 
 
 def kfold(points: list[dict], k: int, iters: int, jobs: int, per_machine: bool,  # type: ignore[type-arg]
           noise: dict[str, dict[str, float]], start: SimCalibration, method: str) -> None:
-    """The held-out table. Its bar is 15 % or the noise floor where that is larger: across machines for a
-    simulator that knows nothing of the machine, on one machine with ``--per-machine``."""
+    """The held-out table. Its bar is 15 % or the noise floor where that is larger, the floor being the repeat
+    error (the median |error| of predicting a load by its config's other loads): across machines for a simulator
+    that knows nothing of the machine, on one machine with ``--per-machine``."""
     s = summary(held_out(points, k, iters=iters, jobs=jobs, per_machine=per_machine, start=start, method=method))
-    key = "cv" if per_machine else "cv_machines"
+    key = "repeat_err_machine" if per_machine else "repeat_err"
     where = ", each point on its machine's host speed" if per_machine else ""
     print(f"\nheld out, {k}-fold by config ({len({str(p['config']) for p in points})} configs){where}"
           f"{'' if start == DEFAULT else ', each fit started off the packaged constants'}, fitted by {method}:")
-    print("| metric | median abs. error | worst | points | noise floors (CV) | target |")
+    print("| metric | median abs. error | worst | points | noise floors | target |")
     print("|---|---|---|---|---|---|")
     for metric, v in s.items():
         if not isinstance(v, dict):

@@ -34,6 +34,10 @@ def test_noise_floor_is_the_median_cv_of_loads_repeated_on_their_own_seeds() -> 
     assert floor["throughput_tok_s"]["groups"] == 2
     assert floor["throughput_tok_s"]["cv"] == pytest.approx((0.1 + 0.28284) / 2, abs=1e-4)
     assert floor["ttft_p50_ms"]["cv"] == 0.0
+    # each load against the mean of its config's others: a 105/90, 100/100, 95/110; b 300/200, 200/300
+    tput = floor["throughput_tok_s"]
+    assert tput["repeat_loads"] == tput["repeat_loads_machine"] == 5
+    assert tput["repeat_err"] == tput["repeat_err_machine"] == pytest.approx(105 / 90 - 1, rel=1e-9)
 
 
 def _trial(config: dict[str, Any], finished: str, throughput: float, **extra: Any) -> dict[str, Any]:
@@ -51,6 +55,9 @@ def test_trials_minutes_apart_share_a_machine_and_hours_apart_do_not() -> None:
     # no machine ran one config twice; a ran on four machines (means 100, 120, 999, 110), b on two (300, 360)
     assert "cv" not in floor and floor["machine_groups"] == 2
     assert floor["cv_machines"] == pytest.approx((_cv([100, 120, 999, 110]) + _cv([300, 360])) / 2, rel=1e-9)
+    # across machines each load meets the others' mean: the median of six, (999 -> 110) and (120 -> 403)
+    assert floor["repeat_loads"] == 6 and "repeat_err_machine" not in floor
+    assert floor["repeat_err"] == pytest.approx(((1 - 110 / 999) + (403 / 120 - 1)) / 2, rel=1e-9)
 
 
 def _cv(v: list[float]) -> float:
