@@ -235,3 +235,8 @@ def test_a_request_that_reaches_a_busy_engine_enters_its_scheduler_late(h100_qwe
     busy = h100_qwen.launch(REF_CONFIG, trial_seed=1).run_load(Workload(concurrency=16, num_requests=64))
     busy_input_ms = 1000 * h100_qwen.cal.busy_input_s
     assert after_queue_ms(busy) - after_queue_ms(alone) == pytest.approx(busy_input_ms, rel=0.5)
+    # the late entry is before the engine: vLLM's prefill time (first scheduling to first token) does not hold it
+    prefill_ms = {name: 1000 * x.engine_stats["prefill_s"] / x.engine_stats["requests"]
+                  for name, x in (("alone", alone), ("busy", busy))}
+    assert 0 < prefill_ms["busy"] < after_queue_ms(busy) - busy_input_ms / 2
+    assert 0 < prefill_ms["alone"] < after_queue_ms(alone)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from sloguard_lib.engine.vllm import port_in_use
+from sloguard_lib.measure import timeline
 from sloguard_lib.measure.metrics import LoadResult, RequestResult, summarize
 from sloguard_lib.measure.slo import SLO
 
@@ -76,6 +77,7 @@ def test_bench_against_a_real_cpu_server_then_nothing_is_left(vllm_env: dict[str
     assert 16 <= m["engine_steps"] < m["engine_step_tokens"] <= m["engine_prompt_tokens"] + m[
         "engine_generation_tokens"], m
     assert m["engine_server_ttft_s"] > 0 and m["engine_server_itl_s"] > 0 and m["engine_queue_s"] >= 0, m
+    assert 0 < m["engine_prefill_s"] < m["engine_server_ttft_s"], m  # scheduled -> first token, inside the TTFT
     port = int(re.search(r"port(\d+)\.log", rec["engine_info"]["log"]).group(1))  # type: ignore[union-attr]
     assert not port_in_use(port)
     assert vllm_processes() == before
@@ -116,6 +118,16 @@ def test_study_with_a_classified_startup_crash_then_resume(vllm_env: dict[str, s
         phases = t["engine_info"]["phases"]
         assert {"import", "engine_core_start", "weights", "api_start", "load", "teardown"} <= set(phases)
         assert phases["import"] < 5.0  # vLLM was imported before the hand-off (a cold import is 13+ s here)
+    # every token's arrival beside the server's log, read back as what the record summarises, and cut into the
+    # steps the server itself counted (68 of 68 in the one-process client's run that set timeline.WINDOW)
+    for t in measured:
+        (name,) = t["engine_info"]["timelines"]
+        load = timeline.read((tmp_path / t["engine_info"]["log"]).with_name(name))
+        assert summarize(load)["ttft_p50_ms"] == pytest.approx(t["metrics"]["ttft_p50_ms"], abs=0.01)
+        assert summarize(load)["itl_p99_ms"] == pytest.approx(t["metrics"]["itl_p99_ms"], abs=0.01)
+        cut = timeline.steps(load.requests)
+        assert cut.tokens.sum() == 16 * 16 and cut.first.sum() == 16
+        assert len(cut.at_s) == pytest.approx(t["metrics"]["engine_steps"], rel=0.15), t["metrics"]["engine_steps"]
     assert vllm_processes() == []
 
 

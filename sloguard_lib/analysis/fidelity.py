@@ -153,7 +153,9 @@ def study_points(path: str | Path) -> list[dict[str, Any]]:
             continue
         point: dict[str, Any] = {"name": _trial_name(path, r), "config": space.finalize(r["params"]),
                                  "source": str(path), "gpu": h["gpu"], "model": h["model"],
-                                 "finished": r.get("finished"), "gpu_uuid": r.get("engine_info", {}).get("gpu_uuid")}
+                                 "finished": r.get("finished"), "gpu_uuid": r.get("engine_info", {}).get("gpu_uuid"),
+                                 "timelines": [f"{h['study_id']}/{name}"
+                                               for name in r.get("engine_info", {}).get("timelines", [])]}
         if r["status"] == "crash":
             points.append(point | {"status": "crash", "crash_class": r["crash_class"]})
         else:

@@ -238,8 +238,8 @@ def largest_capture_size(limit: int) -> int:
 class _Seq:
     """A request inside the engine."""
 
-    __slots__ = ("blocks", "computed", "done_at", "generated", "hit", "queued", "req", "scheduled", "send", "shared",
-                 "times")
+    __slots__ = ("blocks", "computed", "done_at", "first_at", "generated", "hit", "queued", "req", "scheduled", "send",
+                 "shared", "times")
 
     def __init__(self, req: Request, send: float) -> None:
         self.req = req
@@ -253,6 +253,7 @@ class _Seq:
         self.done_at = math.nan
         self.queued = math.nan  # when the engine core got it, and first scheduled it: vLLM's queue time
         self.scheduled = math.nan
+        self.first_at = math.nan  # the end of the step that made its first token (vLLM's prefill time ends there)
 
     @property
     def num_tokens(self) -> int:
@@ -544,6 +545,8 @@ class _Simulation:
                     self.prefix_refs += 1
                 if seq.computed == seq.num_tokens:
                     seq.generated += 1
+                    if seq.generated == 1:
+                        seq.first_at = now
                     seq.times.append(delivered)
                     if seq.generated >= seq.req.output_len:
                         finished.append(seq)
@@ -562,12 +565,14 @@ class _Simulation:
         ordered = [results[r.index] for r in reqs if r.index in results]
         used_frac = self.peak_used / self.total_blocks if self.total_blocks else 0.0
         served = [seq for idx, seq in seqs.items() if results[idx].ok]
-        # the server's own clock, as vLLM's /metrics keep it: time in the engine's waiting queue, and first token
-        # from the API server's receipt (TTFT without the client's and HTTP's share)
+        # the server's own clock, as vLLM's /metrics keep it: time in the engine's waiting queue, from its first
+        # scheduling to its first token (prefill), and first token from the API server's receipt (TTFT without the
+        # client's and HTTP's share)
         return LoadResult(ordered, duration_s=max(now, frontend_free_at), engine_stats={
             "num_preemptions": float(self.preemptions), "kv_cache_usage_peak": used_frac, "steps": float(self.steps),
             "step_tokens": float(self.step_tokens), "requests": float(len(served)),
             "queue_s": sum(seq.scheduled - seq.queued for seq in served),
+            "prefill_s": sum(seq.first_at - seq.scheduled for seq in served),
             "server_ttft_s": sum(seq.times[0] - seq.send - cal.request_overhead_s / 2 for seq in served)})
 
     def _result(self, seq: _Seq) -> RequestResult:
