@@ -44,7 +44,7 @@ def save(load: LoadResult, path: str | Path) -> None:
     not as gaps, so no error adds up along a stream."""
     reqs = load.requests
 
-    def us(values: Sequence[float]) -> np.ndarray:
+    def us(values: Sequence[float] | np.ndarray) -> np.ndarray:
         out: np.ndarray = np.round(np.nan_to_num(np.asarray(values, dtype=float), nan=-1.0) / US).astype(np.int64)
         return out
 
