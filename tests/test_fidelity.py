@@ -225,5 +225,5 @@ def test_the_fit_finds_its_way_back_to_constants_that_made_the_data() -> None:
 
     assert error(truth) == 0.0 and error(DEFAULT) > 0.08
     assert error(fidelity.fit(points, DEFAULT, iters=4)) < 0.05  # 11.0 % -> 2.6 % measured (2 steps a run: no move)
-    with pytest.raises(ValueError, match="trf or nelder-mead"):
+    with pytest.raises(ValueError, match="one of trf, nelder-mead"):
         fidelity.fit(points, method="powell")

@@ -355,7 +355,7 @@ def fit(points: list[dict[str, Any]], cal: SimCalibration = DEFAULT, *, iters: i
     from scipy.optimize import least_squares, minimize
 
     if method not in FIT_METHODS:
-        raise ValueError(f"fit method is trf or nelder-mead, got {method!r}")
+        raise ValueError(f"fit method is one of {', '.join(FIT_METHODS)}, got {method!r}")
     ok = [p for p in points if p["status"] == "ok"]
 
     def with_x(x: np.ndarray) -> SimCalibration:  # x: the constants' logs

@@ -26,7 +26,8 @@ from sloguard_lib.measure.metrics import LoadResult, RequestResult
 #: the API server streams a step's tokens back to back (fitted ``stream_token_s`` ~10 us each: 32 streams in
 #: ~0.3 ms), the client reads them with its own jitter (up to ~1 ms on a 2-core CI host that also runs the server).
 #: On the CPU vLLM (4 streams, one client process) half the median cut 68 steps where the server counted 68; a
-#: fixed 0.5 ms cut 85, 2 ms 68 but with two steps as one
+#: fixed 0.5 ms cut 85, 2 ms 68 but with two steps as one. Two client processes (``--load-procs 2``) read one step's
+#: tokens up to ~1 ms apart, and the cut found 103 of 79: a timeline is for a one-process client
 WINDOW = 0.5
 US = 1e-6  # times are kept in whole microseconds: perf_counter's resolution is finer, the steps' spread coarser
 
