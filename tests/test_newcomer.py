@@ -108,9 +108,12 @@ def test_server_logs_live_under_out_per_study_and_trial(tmp_path: Path, stub_vll
     assert again.returncode == 0, again.stderr[-2000:]
     study = "tiny-qwen2_cpu_vllm_random_seed42"
     logs = sorted(p.name for p in (tmp_path / "runs" / "server_logs" / study).iterdir())
-    assert [re.sub(r"port\d+", "portN", n) for n in logs] == ["trial000_portN.log", "trial001_portN.log"]
+    # each trial's server log, and its load's token timeline beside it (named in the record)
+    assert [re.sub(r"port\d+", "portN", n) for n in logs] == [
+        "trial000_portN.load0.npz", "trial000_portN.log", "trial001_portN.load0.npz", "trial001_portN.log"]
     trials = read_log(tmp_path / "runs" / f"{study}.jsonl").trials
     assert [t["gpu"] for t in trials] == ["cpu", "cpu"]
+    assert sorted(n for t in trials for n in t["engine_info"]["timelines"]) == [n for n in logs if n.endswith(".npz")]
     assert not (tmp_path / "results").exists()
 
 
