@@ -8,7 +8,6 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,7 +15,7 @@ from sloguard_lib.analysis.fidelity import compare, fit_data, load_points
 from sloguard_lib.engine import EngineCrash
 from sloguard_lib.engine.sim import SimEngine
 from sloguard_lib.hardware import get_gpu, resolve_model
-from sloguard_lib.measure.metrics import summarize
+from sloguard_lib.measure.metrics import LoadResult, summarize
 from sloguard_lib.measure.workload import Workload
 
 REF_CONFIG = {"gpu_memory_utilization": 0.5, "max_model_len": 2048}
@@ -227,7 +226,7 @@ def test_a_request_that_reaches_a_busy_engine_enters_its_scheduler_late(h100_qwe
     holds: the real servers' TTFT after the queue is ~50 ms at 16-64 concurrent whatever the step time, where one
     request alone gets ~18 ms. The sim's after-queue TTFT (what the server's counters split off) grows by
     ``busy_input_s`` under load, not by the queue."""
-    def after_queue_ms(load: Any) -> float:
+    def after_queue_ms(load: LoadResult) -> float:
         s = load.engine_stats
         return 1000 * (s["server_ttft_s"] - s["queue_s"]) / s["requests"]
 
