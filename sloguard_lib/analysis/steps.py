@@ -82,7 +82,8 @@ def table(found: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in found:
         c = r["config"]
-        cells = [f"{r['real_steps']:.0f} / {r['sim_steps']:.0f} ({r['counter_steps'] or 0:.0f})"]
+        counter = "none" if r["counter_steps"] is None else f"{r['counter_steps']:.0f}"
+        cells = [f"{r['real_steps']:.0f} / {r['sim_steps']:.0f} ({counter})"]
         cells += [f"{r[f'real_{k}']:.3g} / {r[f'sim_{k}']:.3g}" for k in (*PROFILE[1:], "itl_p99_ms")]
         lines.append(f"| {r['name']} | {c.get('max_num_batched_tokens')} | {c.get('max_num_seqs')} | "
                      f"{json.dumps(c.get('enforce_eager'))} | {json.dumps(c.get('enable_chunked_prefill'))} | "
