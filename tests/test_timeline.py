@@ -28,8 +28,8 @@ def _req(index: int, start: float, times: list[float]) -> RequestResult:
 
 
 def test_arrivals_are_cut_into_steps_of_one_token_a_request() -> None:
-    # three streams; steps end at 10, 13, 16, 26 ms (request 2's prefill ends the last), read with <= 0.4 ms jitter;
-    # request 0's tokens at 13.0 and 13.9 ms are two steps although 0.9 ms apart: a step emits one token a request
+    # three streams; steps at 10, 13, 13.9, 16, 26 and 29 ms (request 2's prefill ends at 26), read with <= 0.4 ms
+    # jitter; request 0's tokens at 13.0 and 13.9 ms are two steps although 0.9 ms apart: one token a request a step
     a = _req(0, 0.0, [0.0100, 0.0130, 0.0139, 0.0160])
     b = _req(1, 0.0, [0.0102, 0.0134, 0.0163])
     c = _req(2, 0.012, [0.0260, 0.0290])

@@ -48,31 +48,36 @@ def timelines(sources: Iterable[str | Path]) -> dict[str, bytes]:
 def rows(logs: Sequence[str | Path], sources: Iterable[str | Path],
          cal: SimCalibration = DEFAULT) -> list[dict[str, Any]]:
     """One row per real load with a timeline in ``sources``: its point's name and config, the server's step
-    counter, and :func:`timeline.profile` of the real load and of the sim's (``real_<key>``, ``sim_<key>``), with
-    both ITL p99s."""
+    counter (None where the trial ran several loads: the record's counter is their sum), and
+    :func:`timeline.profile` of the real load and of the sim's (``real_<key>``, ``sim_<key>``), with both ITL p99s.
+    The sim replays each trial once, whatever the number of its loads."""
     found = timelines(sources)
     engines: dict[tuple[str, str], SimEngine] = {}
     out: list[dict[str, Any]] = []
-    for point, real in _loads(logs, found):
+    for point, loads in _loads(logs, found):
         key = point_hardware(point, "qwen2-1.5b", "h100-80gb")
         if key not in engines:
             engines[key] = SimEngine(resolve_model(key[0]), get_gpu(key[1]), cal=cal)
         sim = engines[key].launch(point["config"], trial_seed=0).run_load(Workload.from_dict(point["workload"]))
-        row: dict[str, Any] = {"name": point["name"], "config": point["config"],
-                               "counter_steps": point["metrics"].get("engine_steps")}
-        for side, load in (("real", real), ("sim", sim)):
-            row |= {f"{side}_{k}": v for k, v in timeline.profile(timeline.steps(load.requests)).items()}
-            row[f"{side}_itl_p99_ms"] = summarize(load)["itl_p99_ms"]
-        out.append(row)
+        sim_side = _side("sim", sim)
+        counter = point["metrics"].get("engine_steps") if len(loads) == 1 else None
+        out += [{"name": point["name"], "config": point["config"], "counter_steps": counter}
+                | _side("real", real) | sim_side for real in loads]
     return out
 
 
-def _loads(logs: Sequence[str | Path], found: dict[str, bytes]) -> Iterator[tuple[dict[str, Any], LoadResult]]:
+def _side(side: str, load: LoadResult) -> dict[str, float]:
+    return {f"{side}_{k}": v for k, v in timeline.profile(timeline.steps(load.requests)).items()} | {
+        f"{side}_itl_p99_ms": summarize(load)["itl_p99_ms"]}
+
+
+def _loads(logs: Sequence[str | Path], found: dict[str, bytes]) -> Iterator[tuple[dict[str, Any], list[LoadResult]]]:
+    """Each measured trial of ``logs`` with the loads of its timelines that ``found`` holds."""
     for path in logs:
         for point in study_points(path):
-            for name in point.get("timelines", []):
-                if point["status"] == "ok" and name in found:
-                    yield point, timeline.read(io.BytesIO(found[name]))
+            loads = [timeline.read(io.BytesIO(found[name])) for name in point["timelines"] if name in found]
+            if point["status"] == "ok" and loads:
+                yield point, loads
 
 
 def table(found: list[dict[str, Any]]) -> str:

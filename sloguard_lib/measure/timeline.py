@@ -106,16 +106,17 @@ def steps(requests: Sequence[RequestResult], window: float = WINDOW) -> Steps:
     who = np.concatenate([np.full(len(t), i) for i, t in enumerate(times)])
     first = np.concatenate([np.arange(len(t)) == 0 for t in times])
     order = np.argsort(at, kind="stable")
+    at, who, first = at[order], who[order], first[order]
     width = window * float(np.median([g for r in requests if r.ok for g in r.itl_s] or [0.0]))
     starts: list[int] = []
     opened, members = -math.inf, set[int]()
-    for k, (t, w) in enumerate(zip(at[order].tolist(), who[order].tolist(), strict=True)):
+    for k, (t, w) in enumerate(zip(at.tolist(), who.tolist(), strict=True)):
         if t - opened > width or w in members:
             starts.append(k)
             opened, members = t, set()
         members.add(w)
     cut = np.asarray(starts)
-    return Steps(at[order][cut], np.diff(np.append(cut, len(at))), np.add.reduceat(first[order].astype(int), cut))
+    return Steps(at[cut], np.diff(np.append(cut, len(at))), np.add.reduceat(first.astype(int), cut))
 
 
 def profile(s: Steps) -> dict[str, float]:
